@@ -1,0 +1,18 @@
+"""Numerical kernels: the selective scan (S6) with reference, fast pure-PyTorch and CUDA implementations."""
+from .selective_scan import (
+    SCAN_IMPLS,
+    cuda_kernel_available,
+    get_scan_impl,
+    resolve_scan_impl,
+    scan_impl,
+    selective_scan,
+    selective_scan_cuda,
+    selective_scan_fast,
+    selective_scan_ref,
+    set_scan_impl,
+)
+
+__all__ = [
+    'SCAN_IMPLS', 'cuda_kernel_available', 'get_scan_impl', 'resolve_scan_impl', 'scan_impl', 'selective_scan',
+    'selective_scan_cuda', 'selective_scan_fast', 'selective_scan_ref', 'set_scan_impl',
+]
