@@ -1,0 +1,20 @@
+"""VOC-format data: constants and IO (:mod:`.voc`), datasets, transforms and the synthetic generator."""
+from .voc import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, DataError,
+                  check_pair, check_root, labels_from_mask, labels_from_masks, load_cls_labels, read_image, read_mask,
+                  read_split, save_cls_labels, save_mask)
+
+__all__ = [
+    'IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'NUM_CLASSES', 'VOC_CLASSES', 'VOC_PALETTE', 'DataError',
+    'check_pair', 'check_root', 'labels_from_mask', 'labels_from_masks', 'load_cls_labels', 'read_image',
+    'read_mask', 'read_split', 'save_cls_labels', 'save_mask', 'VOCClsDataset', 'VOCSegDataset', 'make_synthetic',
+]
+
+
+def __getattr__(name):  # datasets pull in albumentations/mmengine: import them on first use
+    if name in ('VOCClsDataset', 'VOCSegDataset'):
+        from . import datasets
+        return getattr(datasets, name)
+    if name == 'make_synthetic':
+        from .synthetic import make_synthetic
+        return make_synthetic
+    raise AttributeError(name)
