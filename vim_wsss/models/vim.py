@@ -480,19 +480,19 @@ class VisionMamba(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ----------------------------------------------------------------------------------------------------------------
-def read_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Read a ``.pth`` file (official dicts with ``args`` = argparse.Namespace included) on the CPU."""
+def read_checkpoint(path: PathLike, trusted: bool = False) -> Dict[str, Any]:
+    """Read a ``.pth`` file (official dicts with ``args`` = argparse.Namespace included) on the CPU.
+
+    ``trusted=True`` allows full unpickling for files whose extra objects the restricted loader refuses.
+    """
+    from vim_wsss.compat.checkpoint import torch_load
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint {path} not found; see checkpoints/README.md for where to get it.')
     try:
-        from vim_wsss.compat.checkpoint import torch_load
-    except ImportError:  # TEMPORARY stand-in until vim_wsss.compat.checkpoint lands
-        def torch_load(p: PathLike, map_location: str = 'cpu') -> Any:
-            return torch.load(p, map_location=map_location, weights_only=False)
-    try:
-        return torch_load(path, map_location='cpu')
-    except Exception as err:  # unpickling errors come in many types
-        raise CheckpointError(f'cannot read checkpoint {path}: {err}') from err
+        return torch_load(path, map_location='cpu', trusted=trusted)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
 
 
 def _check_args(checkpoint: Dict[str, Any], source: str) -> None:
