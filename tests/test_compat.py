@@ -1,4 +1,4 @@
-"""mmcv-lite stand-in and torch>=2.6 checkpoint loading."""
+"""mmcv-lite stand-in for mmcv.ops, and checkpoint loading under torch's weights_only default."""
 from __future__ import annotations
 
 import argparse
@@ -8,57 +8,163 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from vim_wsss.compat import ensure_mmseg, patch_mmengine_load, torch_load
+from vim_wsss.compat.mmcv_ops import has_compiled_mmcv
 
-def test_mmseg_models_import_and_point_sample():
-    from vim_wsss.compat import ensure_mmseg
+lite_only = pytest.mark.skipif(has_compiled_mmcv(), reason='compiled mmcv installed: the stand-in is not used')
 
+
+def test_ensure_mmseg_imports_models_and_keeps_mmcv_version():
+    import mmcv
+
+    version = mmcv.__version__
+    mmseg = ensure_mmseg()
+    import mmseg.models  # noqa: F401
+    from mmseg.registry import MODELS
+
+    assert mmcv.__version__ == version and ensure_mmseg() is mmseg
+    assert MODELS.get('FCNHead') is not None
+
+
+def test_point_sample_matches_grid_sample_and_pixel_centres():
+    ensure_mmseg()
+    from mmcv.ops import point_sample
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 9, generator=gen)
+    pts = torch.rand(2, 5, 2, generator=gen)
+    ref = F.grid_sample(x, 2 * pts[:, :, None] - 1, align_corners=False)[..., 0]
+    torch.testing.assert_close(point_sample(x, pts), ref)
+    grid = torch.rand(2, 4, 6, 2, generator=gen)  # (N, Hp, Wp, 2) keeps the map layout
+    assert point_sample(x, grid).shape == (2, 3, 4, 6)
+    # independent check: with align_corners=False, (j + 0.5) / W, (i + 0.5) / H is exactly pixel (i, j)
+    i, j = torch.randint(0, 8, (5,), generator=gen), torch.randint(0, 9, (5,), generator=gen)
+    centres = torch.stack([(j + 0.5) / 9, (i + 0.5) / 8], -1)[None].expand(2, 5, 2)
+    torch.testing.assert_close(point_sample(x, centres), x[:, :, i, j])
+    # the midpoint of two horizontal neighbours is their mean (bilinear)
+    mid = torch.tensor([[[(3 + 1.0) / 9, (2 + 0.5) / 8]]]).expand(2, 1, 2)
+    torch.testing.assert_close(point_sample(x, mid)[..., 0], (x[:, :, 2, 3] + x[:, :, 2, 4]) / 2)
+
+
+@lite_only
+def test_stand_in_refuses_other_ops_clearly():
     ensure_mmseg()
     import mmcv.ops
-    import mmseg.models  # noqa: F401
 
-    x = torch.randn(2, 3, 8, 9)
-    pts = torch.rand(2, 5, 2)
-    ref = F.grid_sample(x, 2 * pts[:, :, None] - 1, align_corners=False)[..., 0]
-    torch.testing.assert_close(mmcv.ops.point_sample(x, pts), ref)
-    from vim_wsss.compat.mmcv_ops import has_compiled_mmcv
-    if not has_compiled_mmcv():
-        with pytest.raises(ModuleNotFoundError, match='compiled mmcv'):
-            mmcv.ops.nms  # noqa: B018
+    with pytest.raises(ModuleNotFoundError, match='compiled mmcv'):
+        mmcv.ops.nms  # noqa: B018
+    with pytest.raises(RuntimeError, match='compiled mmcv'):
+        mmcv.ops.sigmoid_focal_loss(torch.zeros(1), torch.zeros(1))
+    assert not hasattr(mmcv.ops, '__file__')  # dunders -> AttributeError (mmengine's registry relies on it)
+    with pytest.raises(ModuleNotFoundError):
+        from mmcv.ops import CrissCrossAttention  # noqa: F401  (mmseg guards this with except ModuleNotFoundError)
 
 
 def test_torch_load_official_style_checkpoint(tmp_path):
-    from vim_wsss.compat import torch_load
-
-    path = tmp_path / 'vim.pth'
-    torch.save({'model': {'w': torch.ones(2)}, 'args': argparse.Namespace(lr=1e-3), 'epoch': np.int64(3)}, path)
+    path = tmp_path / 'vim_s.pth'
+    state = {'w': torch.randn(3, 2)}
+    torch.save({'model': state, 'args': argparse.Namespace(lr=1e-3, model='vim_small'), 'epoch': np.int64(299),
+                'best': np.float64(80.5), 'hist': np.arange(4, dtype=np.float32)}, path)
     ckpt = torch_load(path)
-    assert ckpt['args'].lr == 1e-3 and torch.equal(ckpt['model']['w'], torch.ones(2))
+    assert ckpt['args'].model == 'vim_small' and ckpt['epoch'] == 299 and ckpt['best'] == 80.5
+    torch.testing.assert_close(ckpt['model']['w'], state['w'])
+    np.testing.assert_array_equal(ckpt['hist'], np.arange(4, dtype=np.float32))
 
 
-def test_torch_load_errors_name_the_file(tmp_path):
-    from vim_wsss.compat import torch_load
+class _Custom:
+    def __init__(self, value):
+        self.value = value
 
+
+def test_torch_load_refuses_unknown_objects_unless_trusted(tmp_path):
+    path = tmp_path / 'custom.pth'
+    torch.save({'obj': _Custom(3)}, path)
+    with pytest.raises(ValueError, match='custom.pth.*trusted=True'):
+        torch_load(path)
+    assert torch_load(path, trusted=True)['obj'].value == 3
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'garbage'])
+def test_torch_load_errors_name_the_file(tmp_path, damage):
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         torch_load(tmp_path / 'missing.pth')
-    bad = tmp_path / 'truncated.pth'
+    bad = tmp_path / f'{damage}.pth'
     torch.save({'model': {'w': torch.randn(100)}}, bad)
-    bad.write_bytes(bad.read_bytes()[:50])
-    with pytest.raises(ValueError, match='truncated.pth'):
-        torch_load(bad)
+    bad.write_bytes(bad.read_bytes()[:50] if damage == 'truncate' else b'not a checkpoint ' * 20)
+    for trusted in (False, True):
+        with pytest.raises(ValueError, match=f'{damage}.pth'):
+            torch_load(bad, trusted=trusted)
 
 
-def test_mmengine_checkpoint_with_history_buffer_loads(tmp_path):
-    from mmengine.logging import HistoryBuffer
-    from mmengine.runner.checkpoint import _load_checkpoint
+def _mmengine_checkpoint(path):
+    """What mmengine's CheckpointHook writes: meta with numpy values, message hub with HistoryBuffers."""
+    from mmengine.logging import MessageHub
+    from mmengine.runner.checkpoint import save_checkpoint
 
-    from vim_wsss.compat import mmengine_trusted_load, torch_load
+    hub = MessageHub.get_instance('vim_wsss_test_compat')
+    hub.update_scalar('train/loss', np.float32(0.25))
+    hub.update_info('seed', np.int64(7))
+    model = torch.nn.Linear(3, 2)
+    save_checkpoint({'meta': {'iter': 2, 'seed': np.int64(7), 'hist': np.arange(3.0)},
+                     'state_dict': model.state_dict(), 'message_hub': hub.state_dict()}, str(path))
+    return model
 
-    buf = HistoryBuffer()
-    buf.update(0.5)
-    path = tmp_path / 'iter_1.pth'
-    torch.save({'meta': {'hist': buf, 'seed': np.int64(0)}, 'state_dict': {'w': torch.ones(1)}}, path)
-    with pytest.raises(ValueError, match='trusted=True'):
-        torch_load(path)  # the restricted loader refuses it: no silent full unpickling
-    mmengine_trusted_load()
-    ckpt = _load_checkpoint(str(path))
-    assert ckpt['meta']['hist'].current() == 0.5
+
+def test_patch_mmengine_load_is_scoped(tmp_path):
+    from mmengine.runner.checkpoint import CheckpointLoader, load_checkpoint
+
+    path = tmp_path / 'iter_2.pth'
+    saved = _mmengine_checkpoint(path)
+    original = CheckpointLoader._schemes['']
+    with pytest.raises(Exception, match='[Ww]eights only load failed'):
+        load_checkpoint(torch.nn.Linear(3, 2), str(path))  # what torch 2.14 does to mmengine 0.10.7 unpatched
+    model = torch.nn.Linear(3, 2)
+    with patch_mmengine_load():
+        with patch_mmengine_load():  # re-entrant
+            ckpt = load_checkpoint(model, str(path))
+        ckpt = load_checkpoint(model, str(path))
+    torch.testing.assert_close(model.weight, saved.weight)
+    np.testing.assert_array_equal(ckpt['meta']['hist'], np.arange(3.0))
+    assert ckpt['message_hub']['log_scalars']['train/loss'].current() == pytest.approx(0.25)
+    assert CheckpointLoader._schemes[''] is original  # restored: nothing leaks out of the block
+    assert torch.load is torch.serialization.load
+
+
+def test_runner_resume_inside_patch(tmp_path):
+    from mmengine.hooks import Hook
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Tiny(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 1)
+
+        def forward(self, x, mode='tensor'):
+            out = self.lin(x)
+            return {'loss': out.pow(2).mean()} if mode == 'loss' else out
+
+    class CountIters(Hook):
+        def __init__(self):
+            self.seen = []
+
+        def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+            self.seen.append(runner.iter)
+
+    data = [dict(x=torch.full((2,), float(i))) for i in range(8)]
+
+    def runner(max_iters, resume, counter):
+        return Runner(model=Tiny(), work_dir=str(tmp_path), experiment_name=f'run{max_iters}', custom_hooks=[counter],
+                      train_dataloader=dict(dataset=data, batch_size=2, collate_fn=dict(type='default_collate'),
+                                            sampler=dict(type='DefaultSampler', shuffle=False)),
+                      optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+                      train_cfg=dict(by_epoch=False, max_iters=max_iters), resume=resume,
+                      default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)))
+
+    first, second = CountIters(), CountIters()
+    runner(2, False, first).train()
+    assert (tmp_path / 'iter_2.pth').is_file() and first.seen == [0, 1]
+    with patch_mmengine_load():
+        resumed = runner(3, True, second)
+        resumed.train()
+    assert second.seen == [2] and resumed.iter == 3  # picked up at iteration 2 from iter_2.pth

@@ -1,7 +1,7 @@
 """``vim-wsss``: one entry point, one subcommand per stage.
 
 Each subcommand lives in ``vim_wsss/commands/<name>.py`` with ``add_arguments(parser)`` and ``main(args) -> int``;
-its module is imported only when it runs, so ``vim-wsss --help`` is instant.
+its module is imported only when that subcommand runs, so ``vim-wsss --help`` loads no stage's dependencies.
 """
 from __future__ import annotations
 
@@ -24,11 +24,13 @@ SUBCOMMANDS = {
 }
 
 EPILOG = """typical workflow:
-  vim-wsss demo                                   # everything, on the embedded synthetic dataset
-  vim-wsss pipeline configs/pipeline/voc12_vim-s_vs_deit-s.py
-  vim-wsss train-cls configs/cls/vim-s_voc12aug-448.py
-  vim-wsss make-seeds CLS_CONFIG --checkpoint CKPT --out work_dirs/maps
-  vim-wsss make-pseudo ... ; vim-wsss train-seg SEG_CONFIG ; vim-wsss test-seg SEG_CONFIG CKPT
+  vim-wsss demo                                    # synthetic data -> ViM vs DeiT end to end -> report
+  vim-wsss make-synthetic --out data/synthetic     # just the synthetic VOC-format dataset
+  vim-wsss pipeline configs/pipeline/CONFIG.py     # every stage of one config, cached and resumable
+  stage by stage:  train-cls -> make-seeds -> make-pseudo -> eval-masks -> train-seg -> test-seg
+  vim-wsss explain ...                             # relevance-map overlays for a few images
+
+Run `vim-wsss COMMAND --help` for the options of a command.
 """
 
 
@@ -58,11 +60,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ModuleNotFoundError as err:
         if err.name != module_name:
             raise
-        print(f'vim-wsss {name}: not available in this installation ({module_name} missing).', file=sys.stderr)
+        print(f'vim-wsss {name}: not available in this installation ({module_name} is missing); '
+              f'see `vim-wsss --help` for the commands, or reinstall with `pip install -e .`.', file=sys.stderr)
         return 2
     sub = argparse.ArgumentParser(prog=f'vim-wsss {name}', description=help_text)
     module.add_arguments(sub)
-    return int(module.main(sub.parse_args(rest)) or 0)
+    args = sub.parse_args(rest)
+    try:
+        return int(module.main(args) or 0)
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        from vim_wsss.data.voc import DataError
+
+        if not isinstance(err, (DataError, FileNotFoundError, FileExistsError)):
+            raise  # a plain ValueError is a bug: keep the traceback
+        print(f'vim-wsss {name}: error: {err}', file=sys.stderr)  # user-input errors name the file and the fix
+        return 1
+    except KeyboardInterrupt:
+        print(f'vim-wsss {name}: interrupted', file=sys.stderr)
+        return 130
 
 
 if __name__ == '__main__':

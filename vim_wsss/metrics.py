@@ -1,8 +1,10 @@
 """Segmentation metric over a whole set: one confusion matrix, ignore 255, per-class IoU, mIoU, accuracies.
 
-Convention (same as mmseg's ``IoUMetric``): IoU_c = TP / (TP + FP + FN) over the whole set; a class absent from
-both prediction and ground truth is NaN and left out of the mean; a class that only appears in predictions scores
-0. Values are fractions in [0, 1] (mmseg reports percentages).
+Convention (same as mmseg's ``IoUMetric``): IoU_c = TP / (TP + FP + FN) summed over the whole set (not averaged per
+image); pixels whose ground truth is ``ignore_index`` are skipped; a class absent from both prediction and ground
+truth is NaN and left out of the mean (``miou`` = nanmean); a class that only appears in predictions scores 0.
+Predicted values outside ``0..num_classes-1`` (e.g. 255 left in a pseudo-mask) count as misses of the true class,
+as mmseg's histogram does. Values are fractions in [0, 1] (mmseg reports percentages rounded to 2 decimals).
 """
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ class SegConfusion:
         self.ignore_index = ignore_index
         self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
         self.missed = np.zeros(num_classes, dtype=np.int64)  # GT pixels predicted as a value outside the classes
+
+    def reset(self) -> 'SegConfusion':
+        """Zero all counts."""
+        self.matrix[:] = 0
+        self.missed[:] = 0
+        return self
 
     def update(self, pred: ArrayLike, gt: ArrayLike) -> 'SegConfusion':
         """Add one prediction / ground-truth pair (any equal shapes; predictions of 255 count as wrong)."""

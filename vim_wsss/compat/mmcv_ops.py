@@ -13,8 +13,9 @@ import types
 import torch
 import torch.nn.functional as F
 
-MESSAGE = ('mmcv.ops.{name} needs the compiled mmcv (mmcv-lite is installed). Build it per install-notes: '
-           'MMCV_WITH_OPS=1 pip install mmcv==2.1.0 (C++20 patch), or avoid this op.')
+MESSAGE = ('mmcv.ops.{name} needs the compiled mmcv, but mmcv-lite (no mmcv._ext) is installed. Pick a head/loss '
+           'that does not use it, or build mmcv 2.1.0 with MMCV_WITH_OPS=1 (its setup.py needs -std=c++20 for '
+           'torch 2.14) and install it in place of mmcv-lite.')
 
 
 def point_sample(input: torch.Tensor, points: torch.Tensor, align_corners: bool = False, **kwargs) -> torch.Tensor:
@@ -30,6 +31,7 @@ def point_sample(input: torch.Tensor, points: torch.Tensor, align_corners: bool 
 
 
 def sigmoid_focal_loss(*args, **kwargs):
+    """Not available without compiled mmcv: raises RuntimeError saying so (mmseg imports the name eagerly)."""
     raise RuntimeError(MESSAGE.format(name='sigmoid_focal_loss'))
 
 

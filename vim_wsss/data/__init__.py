@@ -6,15 +6,16 @@ from .voc import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, VOC_CL
 __all__ = [
     'IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'NUM_CLASSES', 'VOC_CLASSES', 'VOC_PALETTE', 'DataError',
     'check_pair', 'check_root', 'labels_from_mask', 'labels_from_masks', 'load_cls_labels', 'read_image',
-    'read_mask', 'read_split', 'save_cls_labels', 'save_mask', 'VOCClsDataset', 'VOCSegDataset', 'make_synthetic',
+    'read_mask', 'read_split', 'save_cls_labels', 'save_mask', 'VOCClsDataset', 'VOCSegDataset', 'collate',
+    'make_synthetic',
 ]
 
 
-def __getattr__(name):  # datasets pull in albumentations/mmengine: import them on first use
-    if name in ('VOCClsDataset', 'VOCSegDataset'):
+def __getattr__(name: str):  # datasets pull in albumentations/mmengine: import them on first use
+    if name in ('VOCClsDataset', 'VOCSegDataset', 'collate'):
         from . import datasets
         return getattr(datasets, name)
     if name == 'make_synthetic':
         from .synthetic import make_synthetic
         return make_synthetic
-    raise AttributeError(name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,9 +1,12 @@
 """VOC-format datasets for classification (image + multi-hot label) and segmentation (image + mask).
 
-Both are registered in mmengine's ``DATASETS`` registry, so configs can name them::
+Both are registered in mmengine's ``DATASETS`` registry and :func:`collate` in ``FUNCTIONS``, so configs can name
+them::
 
-    dataset=dict(type='VOCClsDataset', root='data/VOC2012', split='train_aug',
-                 transform=dict(kind='train', crop_size=448))
+    train_dataloader = dict(
+        dataset=dict(type='VOCClsDataset', root='data/VOC2012', split='train_aug',
+                     transform=dict(kind='train', crop_size=448)),
+        collate_fn=dict(type='voc_collate'), ...)
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import numpy as np
 import torch
-from mmengine.registry import DATASETS
+from mmengine.registry import DATASETS, FUNCTIONS
 from torch.utils.data import Dataset
 
 from vim_wsss.data.transforms import eval_transform, train_transform
@@ -72,6 +75,27 @@ class _VOCBase(Dataset):
             logger.warning('%s/%s: skipped %d bad images of %d', self.root, self.split, len(self.skipped),
                            len(self.names))
         self.names = kept
+
+
+@FUNCTIONS.register_module(name='voc_collate')
+def collate(batch: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Batch dataset items: tensors with equal shapes are stacked, everything else becomes a list.
+
+    Args:
+        batch: items of :class:`VOCClsDataset` / :class:`VOCSegDataset`.
+
+    Returns:
+        e.g. ``dict(img=(B, 3, H, W), label=(B, 20), name=[str] * B, ori_shape=[(H, W)] * B)`` for classification,
+        ``mask=(B, H, W)`` long for segmentation (images of different sizes stay lists).
+    """
+    out: Dict[str, Any] = {}
+    for key in batch[0]:
+        values = [item[key] for item in batch]
+        if all(isinstance(v, torch.Tensor) for v in values) and len({tuple(v.shape) for v in values}) == 1:
+            out[key] = torch.stack(values)
+        else:
+            out[key] = values
+    return out
 
 
 @DATASETS.register_module()

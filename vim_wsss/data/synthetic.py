@@ -12,17 +12,22 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Dict, List, Tuple, Union
 
 import cv2
 import numpy as np
 
-from vim_wsss.data.voc import NUM_CLASSES, SPLIT_DIR, save_cls_labels, save_mask
+from vim_wsss.data.voc import NUM_CLASSES, SPLIT_DIR, VOC_CLASSES, labels_from_mask, save_cls_labels, save_mask
 from vim_wsss.utils import atomic_save_bytes, atomic_save_json
 
 PathLike = Union[str, 'os.PathLike[str]']
+GENERATOR = 'vim_wsss.data.synthetic'
 GENERATOR_VERSION = 1
+MARKER = '.vim_wsss_synthetic'  # written first: the folder is ours (possibly unfinished)
+OUTPUTS = ('JPEGImages', 'SegmentationClass', 'SegmentationClassAug', 'ImageSets', 'cls_labels_onehot.npy',
+           'README.txt', 'meta.json')
 SHAPES = ('disc', 'square', 'triangle', 'cross', 'star')
 HUE_NAMES = ('red', 'yellow', 'green', 'blue')
 HUES = (0, 25, 60, 115)           # red, yellow, green, blue in OpenCV's 0..180 hue scale
@@ -169,8 +174,68 @@ def _write_image(root: Path, name: str, img: np.ndarray, mask: np.ndarray, with_
 
 
 def _meta(seed: int, num_train: int, num_val: int, size: int, train_fraction: float) -> Dict[str, object]:
-    return dict(generator='vim_wsss.data.synthetic', version=GENERATOR_VERSION, seed=seed, num_train=num_train,
-                num_val=num_val, size=size, train_fraction=train_fraction)
+    return dict(generator=GENERATOR, version=GENERATOR_VERSION, seed=seed, num_train=num_train, num_val=num_val,
+                size=size, train_fraction=train_fraction)
+
+
+def class_legend() -> Dict[str, str]:
+    """``{VOC class name: synthetic appearance}`` for classes 1..20, e.g. ``'aeroplane': 'red stripes disc'``."""
+    legend = {}
+    for cls in range(1, NUM_CLASSES):
+        shape, hue, tex = class_spec(cls)
+        legend[VOC_CLASSES[cls]] = f'{HUE_NAMES[HUES.index(hue)]} {tex} {shape}'
+    return legend
+
+
+def _readme(meta: Dict[str, object], n_voc_train: int) -> str:
+    legend = '\n'.join(f'  {i:2d} {name:<12s} {look}' for i, (name, look) in enumerate(class_legend().items(), 1))
+    return f"""Synthetic VOC-format dataset written by {GENERATOR} (generator version {meta['version']}).
+Seed {meta['seed']}; {meta['num_train']} train_aug images (the first {n_voc_train} also form train) and \
+{meta['num_val']} val images, {meta['size']}x{meta['size']} px, JPEG quality 90.
+Regenerate with: vim-wsss make-synthetic --out DIR --seed {meta['seed']} --num-train {meta['num_train']} \
+--num-val {meta['num_val']} --size {meta['size']}
+
+Layout (as VOCdevkit/VOC2012):
+  JPEGImages/<name>.jpg              RGB images
+  SegmentationClass/<name>.png       palette PNG masks for train and val (0 background, 1..20, 255 boundary band)
+  SegmentationClassAug/<name>.png    the same masks for every image (train_aug + val)
+  ImageSets/Segmentation/{{train,train_aug,val}}.txt
+  cls_labels_onehot.npy              image-level labels, ToCo format ({{name: (20,) float32}})
+  meta.json                          generator arguments (re-running with the same ones is a no-op)
+
+Classes keep the VOC names and indices; each is one (colour, texture, shape) combination. Backgrounds hold muted
+blobs, noise, gradients and saturated rings/lines that belong to no class. Later objects occlude earlier ones and
+masks show what is visible.
+{legend}
+"""
+
+
+def _read_meta(root: Path) -> Dict[str, object]:
+    """``meta.json`` of a finished dataset, or {} if absent or unreadable."""
+    try:
+        meta = json.loads((root / 'meta.json').read_text())
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _prepare_folder(root: Path) -> None:
+    """Make ``root`` ready for writing: create it, or clear an earlier synthetic dataset; refuse foreign folders."""
+    if not root.exists():
+        root.mkdir(parents=True)
+        return
+    if not root.is_dir():
+        raise FileExistsError(f'{root} exists and is not a folder; choose another --out.')
+    if not any(root.iterdir()):
+        return
+    if not (root / MARKER).is_file() and _read_meta(root).get('generator') != GENERATOR:
+        raise FileExistsError(f'{root} is not empty and holds no synthetic dataset written by vim_wsss; choose a new '
+                              f'or empty folder for --out (nothing was written).')
+    for path in [root / name for name in OUTPUTS] + list(root.glob('.tmp-*')):  # .tmp-*: an interrupted write
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def make_synthetic(out_dir: PathLike, seed: int = 0, num_train: int = 800, num_val: int = 150, size: int = 96,
@@ -179,21 +244,30 @@ def make_synthetic(out_dir: PathLike, seed: int = 0, num_train: int = 800, num_v
 
     Args:
         out_dir: root to create (``JPEGImages/``, ``SegmentationClass/``, ``SegmentationClassAug/``,
-            ``ImageSets/Segmentation/{train,train_aug,val}.txt``, ``cls_labels_onehot.npy``, ``meta.json``).
-        seed: generator seed; same seed -> identical dataset.
+            ``ImageSets/Segmentation/{train,train_aug,val}.txt``, ``cls_labels_onehot.npy``, ``meta.json``,
+            ``README.txt``). It must be new, empty, or an earlier output of this function.
+        seed: generator seed; same seed and sizes -> identical images and byte-identical masks.
         num_train: images in ``train_aug``; the first ``train_fraction`` of them also form ``train`` (the VOC split
             with ``SegmentationClass`` GT, where seeds are scored).
         num_val: images in ``val``.
         size: square image side in pixels.
+        train_fraction: share of ``train_aug`` that is also listed in ``train``.
 
     Returns:
-        ``Path(out_dir)``. Re-running with the same arguments into a finished folder does nothing.
+        ``Path(out_dir)``. Re-running with the same arguments into a finished folder does nothing; other arguments
+        (or an interrupted run) regenerate it.
+
+    Raises:
+        FileExistsError: ``out_dir`` is a non-empty folder that this function did not write.
     """
+    if num_train < 1 or num_val < 1 or size < 16:
+        raise ValueError(f'need num_train >= 1, num_val >= 1 and size >= 16, got {num_train}, {num_val}, {size}')
     root = Path(out_dir)
     meta = _meta(seed, num_train, num_val, size, train_fraction)
-    meta_path = root / 'meta.json'
-    if meta_path.is_file() and json.loads(meta_path.read_text()) == meta:
+    if _read_meta(root) == meta:
         return root
+    _prepare_folder(root)
+    atomic_save_json(root / MARKER, meta)
     train = _names('2026', 0, num_train)
     val = _names('2026', num_train, num_val)
     n_voc_train = max(1, int(round(num_train * train_fraction)))
@@ -202,14 +276,11 @@ def make_synthetic(out_dir: PathLike, seed: int = 0, num_train: int = 800, num_v
         rng = np.random.default_rng([seed, index])
         img, mask = render_image(size, rng)
         _write_image(root, name, img, mask, with_voc_gt=index < n_voc_train or index >= num_train)
-        present = [c for c in np.unique(mask) if 1 <= c <= 20]
-        label = np.zeros(20, np.float32)
-        label[[c - 1 for c in present]] = 1
-        labels[name] = label
+        labels[name] = labels_from_mask(mask)
     lists = root / SPLIT_DIR
-    lists.mkdir(parents=True, exist_ok=True)
     for split, names in (('train_aug', train), ('train', train[:n_voc_train]), ('val', val)):
         atomic_save_bytes(lists / f'{split}.txt', ('\n'.join(names) + '\n').encode())
     save_cls_labels(root / 'cls_labels_onehot.npy', labels)
-    atomic_save_json(meta_path, meta)
+    atomic_save_bytes(root / 'README.txt', _readme(meta, n_voc_train).encode())
+    atomic_save_json(root / 'meta.json', meta)  # written last: its presence means the dataset is complete
     return root

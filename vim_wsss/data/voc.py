@@ -81,9 +81,13 @@ def split_path(root: PathLike, split: str) -> Path:
 
 
 def read_split(root: PathLike, split: str) -> List[str]:
-    """Image names of a split, as str (never parsed as numbers)."""
+    """Image names of a split, as str (never parsed as numbers).
+
+    Accepts one name per line (VOC, ToCo, mmseg) and DeepLab-style lines
+    ``/JPEGImages/<name>.jpg /SegmentationClassAug/<name>.png`` (the first column's file stem is the name).
+    """
     path = split_path(root, split)
-    names = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    names = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise DataError(f'split list {path} is empty.')
     return names
@@ -108,8 +112,11 @@ def load_cls_labels(path: PathLike) -> Dict[str, np.ndarray]:
     try:
         raw = np.load(path, allow_pickle=True).item()
     except Exception as err:
-        raise DataError(f'{path} is not a pickled label dict (ToCo cls_labels_onehot.npy / IRN cls_labels.npy): '
-                        f'{err}') from err
+        raw = err
+    if not isinstance(raw, dict):
+        raise DataError(f'{path} is not a pickled label dict {{name: (20,) multi-hot}} as ToCo\'s '
+                        f'cls_labels_onehot.npy or IRN\'s cls_labels.npy ({raw!r:.80}); regenerate it with '
+                        f'vim_wsss.data.voc.save_cls_labels.')
     labels = {}
     for key, value in raw.items():
         value = np.asarray(value, dtype=np.float32).reshape(-1)
@@ -171,9 +178,12 @@ def read_mask(path: PathLike, num_classes: int = NUM_CLASSES) -> np.ndarray:
             mask = np.asarray(img)
     except Exception as err:
         raise DataError(f'cannot decode mask {path} ({err}).') from err
-    if mode not in ('P', 'L') or mask.ndim != 2:
-        raise DataError(f'mask {path} is a {mode} image; masks must be single-channel class-index PNGs (palette or '
-                        f'grayscale, 0..20 and 255), not RGB colour maps such as *_rgb predictions.')
+    if mode in ('RGB', 'RGBA') or mask.ndim != 2:
+        raise DataError(f'mask {path} is a {mode} image: a colour map (e.g. a *_rgb prediction) cannot be used as '
+                        f'labels. Use single-channel class-index PNGs (palette or grayscale; 0..20, 255 = ignore).')
+    if mode not in ('P', 'L'):
+        raise DataError(f'mask {path} has PIL mode {mode}; save it as an 8-bit class-index PNG (palette or '
+                        f'grayscale; 0..20, 255 = ignore).')
     bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(num_classes), IGNORE_INDEX])
     if bad.size:
         raise DataError(f'mask {path} has label values {bad.tolist()} outside 0..{num_classes - 1} and 255; '
@@ -182,12 +192,16 @@ def read_mask(path: PathLike, num_classes: int = NUM_CLASSES) -> np.ndarray:
 
 
 def save_mask(path: PathLike, mask: np.ndarray) -> Path:
-    """Write a uint8 class-index mask as a VOC palette PNG, atomically."""
+    """Write a class-index mask ``(H, W)`` (integer values 0..255) as a VOC palette PNG, atomically."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
-        raise ValueError(f'mask must be (H, W), got {mask.shape}')
-    img = Image.fromarray(mask.astype(np.uint8), mode='P')
-    img.putpalette(VOC_PALETTE)
+        raise ValueError(f'mask for {path} must be (H, W), got shape {mask.shape}')
+    if mask.size and (not np.issubdtype(mask.dtype, np.integer) and mask.dtype != bool
+                      or mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f'mask for {path} must hold integers in 0..255, got dtype {mask.dtype} '
+                         f'range [{mask.min()}, {mask.max()}]')
+    img = Image.fromarray(np.ascontiguousarray(mask, dtype=np.uint8))
+    img.putpalette(VOC_PALETTE)  # 'L' -> 'P' with the VOC colours, indices unchanged
     return atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))
 
 
