@@ -152,14 +152,14 @@ def test_stride8_sequence_geometry():
 
 def test_timm_registry():
     assert {'vim_tiny_patch16_224', 'vim_small_patch16_224', 'vim_base_patch16_224', 'vim_tiny_patch16_stride8_224',
-            'vim_small_patch16_stride8_224', 'vim_test_patch8_64', 'vim_mini_patch8_96'} <= set(list_models('vim_*'))
+            'vim_small_patch16_stride8_224', 'vim_test_patch8_64', 'vim_mini_patch8_64'} <= set(list_models('vim_*'))
     assert 'vim_small_patch16_224' in timm.list_models('vim_*')
     model = timm.create_model('vim_small_patch16_224')
     assert isinstance(model, VisionMamba)
     assert (model.embed_dim, len(model.layers), model.cls_index) == (384, 24, 98)
     assert sum(p.numel() for p in model.parameters()) == 25_796_584  # ~26M, as the official table
-    mini = timm.create_model('vim_mini_patch8_96', num_classes=20, drop_path_rate=0.1, img_size=128)
-    assert (mini.embed_dim, len(mini.layers), mini.grid_size, mini.num_classes) == (96, 8, (16, 16), 20)
+    mini = timm.create_model('vim_mini_patch8_64', num_classes=20, drop_path_rate=0.1, img_size=128)
+    assert (mini.embed_dim, len(mini.layers), mini.grid_size, mini.num_classes) == (64, 6, (16, 16), 20)
     with pytest.raises(ValueError, match='unknown backbone'):
         create_model('vim_small_patch16_224_bimambav2_final_pool_mean')
 

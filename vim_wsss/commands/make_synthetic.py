@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--seed', type=int, default=0, help='generator seed (same seed -> same dataset)')
     parser.add_argument('--num-train', type=_positive, default=800, help='images in train_aug (default: %(default)s)')
     parser.add_argument('--num-val', type=_positive, default=150, help='images in val (default: %(default)s)')
-    parser.add_argument('--size', type=_positive, default=96, help='image side in pixels, >= 16 (default: %(default)s)')
+    parser.add_argument('--size', type=_positive, default=64, help='image side in pixels, >= 16 (default: %(default)s)')
     parser.add_argument('--train-fraction', type=float, default=0.375,
                         help='share of train_aug also listed in train (default: %(default)s)')
 

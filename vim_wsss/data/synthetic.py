@@ -24,21 +24,25 @@ from vim_wsss.utils import atomic_save_bytes, atomic_save_json
 
 PathLike = Union[str, 'os.PathLike[str]']
 GENERATOR = 'vim_wsss.data.synthetic'
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = '.vim_wsss_synthetic'  # written first: the folder is ours (possibly unfinished)
 OUTPUTS = ('JPEGImages', 'SegmentationClass', 'SegmentationClassAug', 'ImageSets', 'cls_labels_onehot.npy',
            'README.txt', 'meta.json')
 SHAPES = ('disc', 'square', 'triangle', 'cross', 'star')
-HUE_NAMES = ('red', 'yellow', 'green', 'blue')
-HUES = (0, 25, 60, 115)           # red, yellow, green, blue in OpenCV's 0..180 hue scale
-TEXTURES = ('stripes', 'dots', 'checker', 'plain')
+HUE_NAMES = ('red', 'orange', 'yellow', 'lime', 'green', 'teal', 'azure', 'blue', 'violet', 'magenta')
+HUES = tuple(18 * i for i in range(len(HUE_NAMES)))  # OpenCV's 0..180 hue scale, 18 apart (object jitter is +-4)
+TEXTURES = ('plain', 'stripes')
 
 
 def class_spec(cls: int) -> Tuple[str, int, str]:
-    """(shape, hue, texture) of object class ``cls`` in 1..20."""
+    """(shape, hue, texture) of object class ``cls`` in 1..20.
+
+    Each class has its own (hue, texture) pair, so colour and texture, which a patch embedding sees directly, tell
+    classes apart; classes sharing a hue also differ in shape. Distractors reuse the hues with other shapes.
+    """
     i = cls - 1
-    shape, family = i % len(SHAPES), i // len(SHAPES)
-    return SHAPES[shape], HUES[family], TEXTURES[(shape + family) % len(TEXTURES)]
+    hue, tex = i % len(HUES), i // len(HUES)
+    return SHAPES[(i + tex) % len(SHAPES)], HUES[hue], TEXTURES[tex]
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
@@ -133,12 +137,12 @@ def render_image(size: int, rng: np.random.Generator, max_objects: int = 3, same
             cls = int(rng.integers(1, NUM_CLASSES))
         classes.append(cls)
         shape, hue, tex = class_spec(cls)
-        r = rng.uniform(0.15, 0.5) * size / 2  # object extent 15-50% of the side
+        r = rng.uniform(0.35, 0.7) * size / 2  # object extent 35-70% of the side
         cx, cy = rng.uniform(r * 0.6, size - r * 0.6), rng.uniform(r * 0.6, size - r * 0.6)
         m = shape_mask(shape, size, cx, cy, r, rng.uniform(0, 2 * math.pi))
         if m.sum() < 12:
             continue
-        colour = _hsv_to_rgb(hue + rng.uniform(-5, 5), rng.uniform(170, 255), rng.uniform(170, 255))
+        colour = _hsv_to_rgb(hue + rng.uniform(-4, 4), rng.uniform(170, 255), rng.uniform(170, 255))
         shade = 0.55 + 0.45 * texture(tex, size, rng)
         img[m] = colour * shade[m][:, None]
         label[m] = cls
@@ -238,7 +242,7 @@ def _prepare_folder(root: Path) -> None:
             path.unlink()
 
 
-def make_synthetic(out_dir: PathLike, seed: int = 0, num_train: int = 800, num_val: int = 150, size: int = 96,
+def make_synthetic(out_dir: PathLike, seed: int = 0, num_train: int = 800, num_val: int = 150, size: int = 64,
                    train_fraction: float = 0.375) -> Path:
     """Write the synthetic dataset in VOC layout and return its root.
 

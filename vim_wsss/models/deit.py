@@ -152,7 +152,7 @@ default_cfgs = generate_default_cfgs({
         origin_url='https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth',
         notes=('official file: deit_small_patch16_224-cd65a155.pth',)),
     'deit_test_patch8_64': _cfg(input_size=(3, 64, 64)),
-    'deit_mini_patch8_96': _cfg(input_size=(3, 96, 96)),
+    'deit_mini_patch8_64': _cfg(input_size=(3, 64, 64)),
 })
 
 CHECKPOINT_FILES = {'deit_s_patch16_224': 'deit_small_patch16_224-cd65a155.pth'}
@@ -183,10 +183,10 @@ def deit_test_patch8_64(pretrained: Union[bool, PathLike] = False, **kwargs: Any
 
 
 @register_model
-def deit_mini_patch8_96(pretrained: Union[bool, PathLike] = False, **kwargs: Any) -> DeiT:
-    """Demo variant paired with vim_mini_patch8_96: D=96, 4 blocks (half of vim_mini's 8), 3 heads, 96x96, patch 8."""
-    args = dict(img_size=96, patch_size=8, embed_dim=96, depth=4, num_heads=3)
-    return _create_deit('deit_mini_patch8_96', pretrained, **dict(args, **kwargs))
+def deit_mini_patch8_64(pretrained: Union[bool, PathLike] = False, **kwargs: Any) -> DeiT:
+    """Demo variant paired with vim_mini_patch8_64: D=64, 4 blocks, 2 heads, 64x64, patch 8; about 0.21M parameters."""
+    args = dict(img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=2)
+    return _create_deit('deit_mini_patch8_64', pretrained, **dict(args, **kwargs))
 
 
-DEIT_MODELS = ('deit_s_patch16_224', 'deit_test_patch8_64', 'deit_mini_patch8_96')
+DEIT_MODELS = ('deit_s_patch16_224', 'deit_test_patch8_64', 'deit_mini_patch8_64')

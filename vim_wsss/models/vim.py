@@ -649,7 +649,7 @@ default_cfgs = generate_default_cfgs({
     'vim_tiny_patch16_stride8_224': _cfg(**_hf('Vim-tiny-midclstok', 'vim_t_midclstok_ft_78p3acc.pth')),
     'vim_small_patch16_stride8_224': _cfg(**_hf('Vim-small-midclstok', 'vim_s_midclstok_ft_81p6acc.pth')),
     'vim_test_patch8_64': _cfg(input_size=(3, 64, 64)),
-    'vim_mini_patch8_96': _cfg(input_size=(3, 96, 96)),
+    'vim_mini_patch8_64': _cfg(input_size=(3, 64, 64)),
 })
 
 #: Official checkpoint file names, looked up in $VIM_WSSS_CHECKPOINTS (default ./checkpoints) for pretrained=True.
@@ -734,11 +734,11 @@ def vim_test_patch8_64(pretrained: Union[bool, PathLike] = False, **kwargs: Any)
 
 
 @register_model
-def vim_mini_patch8_96(pretrained: Union[bool, PathLike] = False, **kwargs: Any) -> VisionMamba:
-    """Small demo variant: D=96, 8 blocks, 96x96 input, patch 8 (12x12 grid, L=145)."""
-    args = dict(img_size=96, patch_size=8, stride=8, embed_dim=96, depth=8)
-    return _create_vim('vim_mini_patch8_96', pretrained, **dict(args, **kwargs))
+def vim_mini_patch8_64(pretrained: Union[bool, PathLike] = False, **kwargs: Any) -> VisionMamba:
+    """CPU demo variant: D=64, 6 blocks, N=8, 64x64 input, patch 8 (8x8 grid, L=65); about 0.23M parameters."""
+    args = dict(img_size=64, patch_size=8, stride=8, embed_dim=64, depth=6, d_state=8)
+    return _create_vim('vim_mini_patch8_64', pretrained, **dict(args, **kwargs))
 
 
 VIM_MODELS = ('vim_tiny_patch16_224', 'vim_small_patch16_224', 'vim_base_patch16_224', 'vim_tiny_patch16_stride8_224',
-              'vim_small_patch16_stride8_224', 'vim_test_patch8_64', 'vim_mini_patch8_96')
+              'vim_small_patch16_stride8_224', 'vim_test_patch8_64', 'vim_mini_patch8_64')

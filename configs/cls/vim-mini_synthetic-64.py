@@ -1,0 +1,3 @@
+# Tiny ViM classifier on the synthetic dataset, from scratch on CPU (demo and tests).
+_base_ = ['./_base_/models/vim-mini.py', './_base_/datasets/synthetic-64.py', './_base_/schedules/cls_synthetic.py',
+          './_base_/default_runtime.py']

@@ -1,0 +1,175 @@
+"""Stage functions of the classifier: train with mmengine's Runner, load the trained backbone for explanation.
+
+``train_classifier`` is what ``vim-wsss train-cls`` and the pipeline call; it works single-process on CPU and under
+``torchrun`` (``launcher='pytorch'`` in the config or ``cfg_options``): mmengine handles DDP. Validation metrics
+(``cls/mAP``, ``cls/f1_micro``, ``cls/f1_macro``) are appended to ``<work_dir>/cls_metrics.json`` after every
+evaluation; the best checkpoint (by ``cls/mAP``) and the last one live in ``work_dir``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+
+__all__ = ['train_classifier', 'load_classifier', 'load_config', 'set_data_root', 'find_checkpoint',
+           'read_cls_metrics', 'backbone_spec']
+
+PathLike = Union[str, os.PathLike]
+DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+def set_data_root(cfg: Any, root: str) -> None:
+    """Point ``cfg.data_root`` and the ``root`` of every dataloader's dataset at ``root`` (in place).
+
+    Needed because mmengine resolves ``root=data_root`` when the file is parsed: overriding the variable alone would
+    not reach the datasets.
+    """
+    cfg.data_root = root
+    for key in DATALOADERS:
+        loader = cfg.get(key)
+        if loader and loader.get('dataset') is not None:
+            loader['dataset']['root'] = root
+
+
+def load_config(cfg: Union[PathLike, Any], cfg_options: Optional[Dict[str, Any]] = None) -> Any:
+    """An mmengine ``Config`` from a path or a Config, with ``cfg_options`` merged (``data_root`` re-points data)."""
+    from mmengine.config import Config
+
+    if isinstance(cfg, (str, os.PathLike)):
+        if not Path(cfg).is_file():
+            raise FileNotFoundError(f'config {cfg} not found (classifier configs live in configs/cls/).')
+        cfg = Config.fromfile(str(cfg))
+    else:
+        cfg = Config(cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg))
+    options = dict(cfg_options or {})
+    root = options.pop('data_root', None)
+    if options:
+        cfg.merge_from_dict(options)
+    if root is not None:
+        set_data_root(cfg, str(root))
+    return cfg
+
+
+def _check_splits(cfg: Any) -> None:
+    """Fail early, naming the list file, when a dataloader names a split that does not exist."""
+    from vim_wsss.data.voc import check_root, split_path
+
+    for key in DATALOADERS:
+        loader = cfg.get(key)
+        dataset = loader.get('dataset') if loader else None
+        if dataset and dataset.get('type') == 'VOCClsDataset':
+            root = check_root(dataset['root'])
+            try:
+                split_path(root, dataset['split'])
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f'{key}.dataset: {err}') from err
+
+
+def find_checkpoint(work_dir: PathLike, which: str = 'best') -> Path:
+    """The best (by the ``save_best`` metric) or last checkpoint of a run; 'best' falls back to 'last'."""
+    work_dir = Path(work_dir)
+    if which == 'best':
+        best = sorted(work_dir.glob('best_*.pth'), key=lambda p: p.stat().st_mtime)
+        if best:
+            return best[-1]
+    marker = work_dir / 'last_checkpoint'
+    if marker.is_file():
+        path = Path(marker.read_text().strip())
+        if path.is_file():
+            return path
+    found = sorted(work_dir.glob('iter_*.pth'), key=lambda p: int(p.stem.split('_')[-1]))
+    if not found:
+        raise FileNotFoundError(f'no checkpoint in {work_dir}; train first (vim-wsss train-cls CONFIG).')
+    return found[-1]
+
+
+def read_cls_metrics(work_dir: PathLike) -> list:
+    """Validation history ``[{'iter': n, 'cls/mAP': ..., ...}, ...]`` of a run (empty if none)."""
+    path = Path(work_dir) / 'cls_metrics.json'
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def train_classifier(cfg: Union[PathLike, Any], work_dir: PathLike, cfg_options: Optional[Dict[str, Any]] = None,
+                     resume: bool = False) -> Path:
+    """Train the multi-label classifier of a config with mmengine's Runner.
+
+    Args:
+        cfg: config path (e.g. ``configs/cls/vim-mini_synthetic-64.py``) or an mmengine Config.
+        work_dir: run folder (logs, JSON scalars, checkpoints, ``cls_metrics.json``).
+        cfg_options: overrides (dotted keys); ``data_root`` re-points every dataset.
+        resume: continue from the last checkpoint in ``work_dir``.
+
+    Returns:
+        Path of the best checkpoint (by ``cls/mAP``), or the last one when no validation ran.
+    """
+    from mmengine.runner import Runner
+
+    from vim_wsss.compat.checkpoint import patch_mmengine_load
+
+    cfg = load_config(cfg, cfg_options)
+    cfg.work_dir = str(work_dir)
+    _check_splits(cfg)
+    if resume:
+        cfg.resume = True
+        cfg.load_from = None  # mmengine then finds <work_dir>/last_checkpoint
+    with patch_mmengine_load():  # resume of our own mmengine checkpoints on torch >= 2.6
+        Runner.from_cfg(cfg).train()
+    return find_checkpoint(work_dir, 'best')
+
+
+def backbone_spec(cfg: Union[PathLike, Any]) -> Dict[str, Any]:
+    """``dict(name=..., num_classes=..., kwargs=...)`` of a classifier config's backbone."""
+    cfg = load_config(cfg)
+    backbone = dict(cfg.model.backbone)
+    name = backbone.pop('name')
+    backbone.pop('pretrained', None)
+    return dict(name=name, num_classes=int(cfg.model.get('num_classes', 20)), kwargs=backbone)
+
+
+def load_classifier(cfg: Union[PathLike, Any], checkpoint: PathLike, img_size: Optional[int] = None,
+                    device: Union[str, torch.device] = 'cpu') -> nn.Module:
+    """The trained backbone (with its class head), ready for ``vim_wsss.explain``.
+
+    Args:
+        cfg: the classifier config the checkpoint was trained with.
+        checkpoint: mmengine checkpoint (``state_dict`` with ``backbone.*`` keys) or a plain backbone state dict.
+        img_size: build for another input size (pos_embed resampled), e.g. for multi-scale maps.
+        device: target device.
+
+    Returns:
+        The backbone in eval mode.
+
+    Raises:
+        vim_wsss.models.CheckpointError: the checkpoint does not fit the config's backbone (the message lists the
+            missing / unexpected / mis-shaped keys).
+    """
+    from vim_wsss.compat.checkpoint import torch_load
+    from vim_wsss.models import CheckpointError, create_model, model_family
+    from vim_wsss.models import deit as deit_module
+    from vim_wsss.models import vim as vim_module
+    from vim_wsss.models.vim import load_checked_state_dict
+
+    spec = backbone_spec(cfg)
+    kwargs = dict(spec['kwargs'])
+    kwargs.pop('drop_path_rate', None)
+    if img_size is not None:
+        kwargs['img_size'] = img_size
+    model = create_model(spec['name'], num_classes=spec['num_classes'], **kwargs)
+    raw = torch_load(checkpoint, map_location='cpu', trusted=True)
+    state = raw.get('state_dict', raw) if isinstance(raw, dict) else raw
+    if not isinstance(state, dict):
+        raise CheckpointError(f'checkpoint {checkpoint} holds a {type(state).__name__}, expected a state dict.')
+    if any(k.startswith('backbone.') for k in state):
+        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
+    head = state.get('head.weight')
+    if isinstance(head, torch.Tensor) and head.shape[0] != spec['num_classes']:
+        raise CheckpointError(f'checkpoint {checkpoint} has a {head.shape[0]}-class head but the config '
+                              f"expects {spec['num_classes']}; use the config it was trained with.")
+    family = deit_module if model_family(model) == 'deit' else vim_module
+    state = family.checkpoint_filter_fn(state, model) if img_size is not None else state
+    load_checked_state_dict(model, state, str(checkpoint), strict=True)
+    return model.to(device).eval()
