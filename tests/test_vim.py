@@ -140,6 +140,23 @@ def test_mixer_parameters_follow_official_sizes():
     assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
 
 
+@pytest.mark.parametrize('kw,lo,hi,scale', [(dict(), 1e-3, 0.1, 1.0),
+                                            (dict(dt_min=0.05, dt_max=0.3, a_init_scale=0.03), 0.05, 0.3, 0.03)])
+def test_scan_initialisation_knobs_reach_every_block(kw, lo, hi, scale):
+    model = create_model('vim_test_patch8_64', **kw)
+    for block in model.layers:
+        mixer = block.mixer
+        for A_log, dt_proj in ((mixer.A_log, mixer.dt_proj), (mixer.A_b_log, mixer.dt_proj_b)):
+            torch.testing.assert_close(A_log, torch.log(scale * torch.arange(1., 1. + mixer.d_state)).expand_as(A_log))
+            dt = torch.nn.functional.softplus(dt_proj.bias)
+            assert dt.min() >= lo * 0.999 and dt.max() <= hi * 1.001 and dt.max() > (lo + hi) / 2
+
+
+def test_demo_model_starts_with_long_range_scan():
+    mixer = create_model('vim_mini_patch8_64').layers[0].mixer
+    assert mixer.a_init_scale == 0.03 and mixer.dt_init['dt_min'] == 0.05 and mixer.dt_init['dt_max'] == 0.3
+
+
 def test_stride8_sequence_geometry():
     model = create_model('vim_tiny_patch16_stride8_224').eval()
     assert model.grid_size == (27, 27) and model.num_patches == 729 and model.cls_index == 364
