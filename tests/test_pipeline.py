@@ -66,6 +66,10 @@ def test_pipeline_report_cache_and_invalidation(synthetic_root, tmp_path, capsys
         assert row['seg_miou'] in [s['outputs']['mIoU'] for s in seg]
     line = '| segmentation mIoU (val) | ' + ' | '.join(f"{rows[n]['seg_miou']:.2f}" for n in ('vim', 'deit')) + ' |'
     assert line in report.read_text()
+    base = results['baselines']
+    assert set(base) == {'train', 'val'} and set(base['val']) == {'background', 'whole_image', 'centre_blob'}
+    assert 0 < base['val']['background'] < base['val']['centre_blob'] < 100
+    assert f"| centre_blob | {base['train']['centre_blob']:.2f} | {base['val']['centre_blob']:.2f} |" in report.read_text()
     markers = {p: p.stat().st_mtime for p in stages.glob('*/stage.json')}
     assert len(markers) == 2 + 2 * 6
 
@@ -79,3 +83,17 @@ def test_pipeline_report_cache_and_invalidation(synthetic_root, tmp_path, capsys
     err = capsys.readouterr().err
     assert err.count('cached') == 2 + 2 * 3  # data, baselines and per backbone cls, maps, seg_gt
     assert json.loads((tmp_path / 'run' / 'report.json').read_text())['backbones']['vim']['bg_threshold'] == 0.3
+
+
+def test_eta_is_not_swung_by_short_stages():
+    import io
+
+    from vim_wsss.pipeline.progress import StageProgress
+    progress = StageProgress([('data', 10.0), ('cls', 100.0), ('seg', 100.0)], stream=io.StringIO())
+    assert progress.eta() == pytest.approx(210.0)
+    progress.spent_actual += 1.0    # what end() records for a 10-s stage that took 1 s
+    progress.spent_expected += 10.0
+    progress.done = 1
+    assert 150.0 < progress.eta() < 200.0     # not 20 s, as a bare actual/expected ratio would say
+    progress.end('cls', started=progress.begin('cls') - 300.0, cached=False)  # 3x slower than expected
+    assert progress.eta() > 100.0 * 1.5

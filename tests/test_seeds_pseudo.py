@@ -456,7 +456,9 @@ def test_sweep_on_the_synthetic_cache(cache, synthetic_root, tmp_path):
 def test_eval_baselines(synthetic_root, train_ds, tmp_path):
     names = train_ds.names
     result = eval_baselines(synthetic_root, names, train_ds.labels)
-    assert set(result) == {'whole_image', 'centre_blob'}
+    assert set(result) == {'background', 'whole_image', 'centre_blob'}
+    bg_only = result['background']['iou']
+    assert bg_only[0] > 0 and all(v in (0.0, None) for v in bg_only[1:])
     for metrics in result.values():
         assert 0.0 <= metrics['miou'] <= 100.0 and metrics['images'] == len(names)
 
@@ -469,6 +471,7 @@ def test_eval_baselines(synthetic_root, train_ds, tmp_path):
     blob = baseline_mask('centre_blob', [3], (10, 10))
     assert hand['centre_blob']['iou'][3] == pytest.approx(100 * (blob == 3).sum() / 100, abs=1e-3)
     assert hand['centre_blob']['iou'][0] == pytest.approx(0.0)
+    assert not baseline_mask('background', [3], (10, 10)).any()
 
 
 def test_save_overlays(cache, synthetic_root, tmp_path):

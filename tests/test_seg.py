@@ -15,11 +15,13 @@ def _options(root, iters=2):
     opts = data_options(root, val_mask_dir='SegmentationClassAug')
     opts.update({
         'model.backbone.model_name': None, 'train_cfg.max_iters': iters, 'train_cfg.val_interval': iters,
-        'default_hooks.checkpoint.interval': iters, 'param_scheduler.1.end': iters, 'param_scheduler.1.begin': 1, 'param_scheduler.0.end': 1,
+        'default_hooks.checkpoint.interval': iters, 'param_scheduler.1.end': iters, 'param_scheduler.1.begin': 1,
+        'param_scheduler.0.end': 1,
         'train_dataloader.batch_size': 2, 'train_dataloader.num_workers': 0,
         'train_dataloader.persistent_workers': False, 'val_dataloader.batch_size': 4,
         'model.data_preprocessor.size': (64, 64), 'model.backbone.img_size': (64, 64),
-        'train_dataloader.dataset.pipeline.2.scale': (64, 64), 'train_dataloader.dataset.pipeline.3.crop_size': (64, 64),
+        'train_dataloader.dataset.pipeline.2.scale': (64, 64),
+        'train_dataloader.dataset.pipeline.3.crop_size': (64, 64),
     })
     return opts
 

@@ -41,6 +41,6 @@ backbones = dict(
     ),
 )
 
-baselines = ['whole_image', 'centre_blob']
+baselines = ['background', 'whole_image', 'centre_blob']
 # rough seconds per stage on 2 CPU cores, only used for the ETA before the first stage finishes
 expected_seconds = dict(data=12, baselines=3, cls=120, maps=30, sweep=8, pseudo=30, seg=40, seg_gt=40)

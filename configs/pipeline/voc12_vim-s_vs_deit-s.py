@@ -29,6 +29,6 @@ backbones = dict(
         seg_gt_config='configs/seg/segformer_deit-s_1xb8-20k_voc12aug-448-gt.py',
     ),
 )
-baselines = ['whole_image', 'centre_blob']
+baselines = ['background', 'whole_image', 'centre_blob']
 # rough seconds per stage on one A100-class GPU, only for the ETA before the first stage finishes
 expected_seconds = dict(data=5, baselines=60, cls=7200, maps=1800, sweep=300, pseudo=1800, seg=10800, seg_gt=10800)

@@ -15,25 +15,26 @@ class StageProgress:
     """Prints ``[k/n] stage ... elapsed / ETA`` lines.
 
     The ETA scales the expected seconds of the remaining stages by how the finished stages compared with
-    their own expectations (cached stages count as instant and are left out of that ratio).
+    their own expectations (cached stages count as instant and are left out of that ratio). The ratio starts
+    from ``prior_seconds`` of stages that ran exactly as expected, so a few short stages cannot swing it.
 
     Args:
         plan: ordered ``(label, expected_seconds)`` for every stage of the run.
         stream: where to print (stderr by default, so stdout stays clean for the report path).
+        prior_seconds: weight of the initial ratio of 1.
     """
 
-    def __init__(self, plan: list[tuple[str, float]], stream: TextIO | None = None):
+    def __init__(self, plan: list[tuple[str, float]], stream: TextIO | None = None, prior_seconds: float = 60.0):
         self.plan = plan
         self.stream = stream or sys.stderr
         self.start = time.perf_counter()
         self.done = 0
-        self.spent_expected = 0.0
-        self.spent_actual = 0.0
+        self.spent_expected = prior_seconds
+        self.spent_actual = prior_seconds
 
     def eta(self) -> float:
         remaining = sum(sec for _, sec in self.plan[self.done:])
-        ratio = self.spent_actual / self.spent_expected if self.spent_expected > 0 else 1.0
-        return remaining * ratio
+        return remaining * self.spent_actual / max(self.spent_expected, 1e-9)
 
     def begin(self, label: str) -> float:
         elapsed = time.perf_counter() - self.start

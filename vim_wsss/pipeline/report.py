@@ -29,7 +29,8 @@ def environment() -> dict[str, str]:
     import timm
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)'
+    cpu = platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'cpu ({cpu}, {os.cpu_count()} cores)'
     return {
         'python': platform.python_version(), 'torch': torch.__version__, 'timm': timm.__version__,
         'mmengine': mmengine.__version__, 'platform': platform.platform(), 'device': device,
@@ -94,13 +95,26 @@ def stage_time_chart(seconds: dict[str, dict[str, float]], path: Path) -> Path:
     return path
 
 
+def _baseline_lines(baselines: dict[str, dict[str, float]]) -> list[str]:
+    """Markdown table of the label-only baselines, one column per split."""
+    if not baselines:
+        return []
+    splits = list(baselines)
+    kinds = list(dict.fromkeys(k for split in splits for k in baselines[split]))
+    lines = ['Trivial baselines, no model (background everywhere; the image-level classes over the whole image or in '
+             'a centred blob), mIoU:', '', '| baseline | ' + ' | '.join(f'`{s}`' for s in splits) + ' |',
+             '|---|' + '---|' * len(splits)]
+    lines += [f'| {k} | ' + ' | '.join(_fmt(baselines[s].get(k)) for s in splits) + ' |' for k in kinds]
+    return lines + ['']
+
+
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     """Write report.md, report.json and charts into ``out_dir``.
 
     Args:
         results: ``{'backbones': {name: {metric: value, 'seg_per_class': [...], 'pseudo_per_class': [...],
             'stage_seconds': {...}, 'curve_png': path, 'overlay_png': path, 'refine_steps': [(step, miou)], ...}},
-            'baselines': {name: miou}, 'dataset': {...}, 'total_seconds': float}``. Every number in it was read
+            'baselines': {split: {name: miou}}, 'dataset': {...}, 'total_seconds': float}``. Every number in it was read
             from a file a stage wrote.
         out_dir: the run's work dir.
 
@@ -125,11 +139,7 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     lines.append('| bg threshold (tuned) | ' + ' | '.join(_fmt(backbones[n].get('bg_threshold')) for n in names)
                  + ' |')
     lines.append('')
-    baselines = results.get('baselines', {})
-    if baselines:
-        lines += ['Trivial baselines (same split as the pseudo-masks):', '']
-        lines += [f'- {k}: mIoU {_fmt(v)}' for k, v in baselines.items()]
-        lines.append('')
+    lines += _baseline_lines(results.get('baselines', {}))
     for n in names:
         steps = backbones[n].get('refine_steps') or []
         if steps:

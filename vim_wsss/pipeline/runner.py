@@ -6,7 +6,7 @@ Stages and what invalidates them (each is cached under ``<work_dir>/stages/<name
 stage      does                                                  key covers
 =========  ====================================================  =========================
 data       generate the synthetic dataset (or check a VOC root)  data settings
-baselines  score label-only masks (whole image, centre blob)     data
+baselines  label-only masks on the score and val splits         data
 cls        train the multi-label classifier                      cls config text, data
 maps       cache per-class relevance (+ random-walk) maps        method, cls
 sweep      tune the background threshold, score seeds            thresholds, maps
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -66,10 +67,13 @@ class Pipeline:
         return result
 
     def _logged(self, stage_dir: Path, fn) -> Dict[str, Any]:
-        """Run ``fn(stage_dir)`` with stdout (mmengine's log lines) going to ``<stage_dir>/stage.log``."""
+        """Run ``fn(stage_dir)`` with stdout (mmengine's log lines) and Python warnings going to
+        ``<stage_dir>/stage.log``; progress bars stay on stderr."""
         log = stage_dir / 'stage.log'
         self.progress.note(f'log: {log}')
-        with open(log, 'a') as stream, contextlib.redirect_stdout(stream):
+        with open(log, 'a') as stream, contextlib.redirect_stdout(stream), warnings.catch_warnings():
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: stream.write(
+                warnings.formatwarning(message, category, filename, lineno, line))
             return fn(stage_dir)
 
     @property
@@ -104,18 +108,25 @@ class Pipeline:
         return self.data
 
     def run_baselines(self) -> StageResult:
+        """Label-only masks scored on the score split (compare with seeds / pseudo-masks) and on the val split
+        (compare with the segmentation head): ``{split: {kind: mIoU}}``."""
         def score(stage_dir: Path) -> Dict[str, Any]:
-            from vim_wsss.data.voc import load_cls_labels, labels_from_masks
+            from vim_wsss.data.voc import labels_from_masks, load_cls_labels
             from vim_wsss.wsss.evaluate import eval_baselines
 
+            d = self.cfg.data
             path = self.root / 'cls_labels_onehot.npy'
-            labels = load_cls_labels(path) if path.is_file() else labels_from_masks(
-                self.root, self.score_names, self.cfg.data.gt_dir)
-            out = eval_baselines(self.root, self.score_names, labels, kinds=list(self.cfg.baselines),
-                                 mask_dir=self.cfg.data.gt_dir)
-            return {k: v['miou'] for k, v in out.items()}
+            known = load_cls_labels(path) if path.is_file() else {}
+            out = {}
+            for split in dict.fromkeys((d.score_split, d.val_split)):
+                names = self.split(split)
+                labels = known if all(n in known for n in names) else labels_from_masks(self.root, names, d.gt_dir)
+                scores = eval_baselines(self.root, names, labels, kinds=list(self.cfg.baselines), mask_dir=d.gt_dir)
+                out[split] = {k: v['miou'] for k, v in scores.items()}
+            return out
 
-        return self.stage('baselines', 'baselines', {'kinds': list(self.cfg.baselines)}, [self.data], score)
+        return self.stage('baselines', 'baselines', {'kinds': list(self.cfg.baselines), 'splits': 2}, [self.data],
+                          score)
 
     # -- per-backbone stages ------------------------------------------------------------------------------------
     def run_backbone(self, name: str) -> Dict[str, Any]:

@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 PathLike = Union[str, os.PathLike]
-BASELINES = ('whole_image', 'centre_blob')
+BASELINES = ('background', 'whole_image', 'centre_blob')
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -257,7 +257,8 @@ def baseline_mask(kind: str, classes: Sequence[int], size: Tuple[int, int], blob
     """A label-only mask that looks at no pixel.
 
     Args:
-        kind: 'whole_image' (every pixel = the first listed class) or 'centre_blob' (a centred ellipse with
+        kind: 'background' (every pixel background: what a segmenter scores without looking), 'whole_image'
+            (every pixel = the first listed class) or 'centre_blob' (a centred ellipse with
             semi-axes ``blob_fraction * H / 2`` and ``blob_fraction * W / 2``, split into equal vertical strips, one
             per listed class, left to right; background outside).
         classes: the image's VOC classes 1..20 (empty = all background).
@@ -271,7 +272,7 @@ def baseline_mask(kind: str, classes: Sequence[int], size: Tuple[int, int], blob
     classes = [int(c) for c in classes]
     if kind not in BASELINES:
         raise ValueError(f'unknown baseline {kind!r}; choose from {BASELINES}')
-    if not classes:
+    if not classes or kind == 'background':
         return np.zeros(size, dtype=np.uint8)
     if kind == 'whole_image':
         return np.full(size, classes[0], dtype=np.uint8)

@@ -148,7 +148,8 @@ def load_map_file(path: PathLike) -> Dict[str, np.ndarray]:
         with np.load(path) as data:
             out = {key: data[key] for key in data.files}
     except Exception as err:  # zip / pickle errors of a truncated file
-        raise ValueError(f'seed cache {path} is unreadable ({err}); delete it and re-run make-seeds to resume.') from err
+        raise ValueError(f'seed cache {path} is unreadable ({err}); delete it and re-run make-seeds to resume.'
+                         ) from err
     for key in ('maps', 'rw'):
         if key in out:
             out[key] = out[key].astype(np.float32)
@@ -282,7 +283,7 @@ def compute_maps(model: nn.Module, dataset: Any, out_dir: PathLike, method: Opti
         images = torch.stack([torch.as_tensor(it['img']) for it in items]).float().to(device)
         present = [np.flatnonzero(np.asarray(it['label']) > 0) for it in items]
         width = max(len(p) for p in present)
-        classes = torch.tensor([np.resize(p, width) for p in present], dtype=torch.long, device=device)
+        classes = torch.as_tensor(np.stack([np.resize(p, width) for p in present]), dtype=torch.long, device=device)
         maps = multiscale_maps(models, images, classes, method, start_layer, flip)
         walked = None
         if rw:
