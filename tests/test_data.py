@@ -121,6 +121,18 @@ def test_cls_dataset_items_and_collate(synthetic_root):
     assert batch['name'] == ds.names[:2] and batch['ori_shape'] == [(64, 64), (64, 64)]
 
 
+def test_augmentations_follow_the_run_seed(synthetic_root):
+    """albumentations keeps its own RNG: the datasets seed it from numpy's, so mmengine's seed reproduces a run."""
+    def draw(seed):
+        np.random.seed(seed)
+        ds = VOCSegDataset(synthetic_root, 'train_aug', transform=dict(kind='train', crop_size=48,
+                                                                      scale_range=(0.5, 1.5)))
+        return torch.stack([ds[i]['img'] for i in range(4)])
+
+    torch.testing.assert_close(draw(0), draw(0), rtol=0, atol=0)
+    assert not torch.equal(draw(0), draw(1))
+
+
 def test_datasets_build_from_mmengine_registry(synthetic_root):
     from mmengine.registry import DATASETS, FUNCTIONS
 

@@ -52,6 +52,16 @@ class _VOCBase(Dataset):
         self.transform = build_transform(transform)
         self.skip_bad = skip_bad
         self.skipped: List[str] = []
+        self._seeded_pid: Optional[int] = None
+
+    def apply_transform(self, **arrays: np.ndarray) -> Dict[str, Any]:
+        """Run the transform; an albumentations pipeline keeps its own RNG (seeded from OS entropy), so on first use
+        in each process it is seeded from numpy's global RNG, which mmengine's ``randomness.seed`` and its
+        per-worker ``worker_init_fn`` set: the same seed gives the same augmentations."""
+        if hasattr(self.transform, 'set_random_seed') and self._seeded_pid != os.getpid():
+            self.transform.set_random_seed(int(np.random.randint(2 ** 31 - 1)))
+            self._seeded_pid = os.getpid()
+        return self.transform(**arrays)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -140,7 +150,7 @@ class VOCClsDataset(_VOCBase):
     def __getitem__(self, index: int) -> Dict[str, Any]:
         name = self.names[index]
         image = read_image(self.image_path(name))
-        out = self.transform(image=image) if self.transform is not None else {'image': image}
+        out = self.apply_transform(image=image) if self.transform is not None else {'image': image}
         img = out['image']
         if not isinstance(img, torch.Tensor):
             img = torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
@@ -182,7 +192,7 @@ class VOCSegDataset(_VOCBase):
         name = self.names[index]
         image, mask = self._load_pair(name)
         if self.transform is not None:
-            out = self.transform(image=image, mask=mask)
+            out = self.apply_transform(image=image, mask=mask)
             img, mask_t = out['image'], torch.as_tensor(out['mask']).long()
         else:
             img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
