@@ -27,7 +27,7 @@ default_hooks = dict(checkpoint=dict(interval=2))
     seg = {}
     for suffix in ('', '-gt'):
         path = tmp / f'seg_{family}{suffix}.py'
-        path.write_text(f"""_base_ = '{CONFIGS}/seg/segformer_{family}-mini_1xb8-160_synthetic-64{suffix}.py'
+        path.write_text(f"""_base_ = '{CONFIGS}/seg/segformer_{family}-mini_1xb8-320_synthetic-64{suffix}.py'
 model = dict(data_preprocessor=dict(size=(64, 64)),
              backbone=dict(model_name='{model}', img_size=(64, 64), out_indices=(0, 1, 1, 1)),
              decode_head=dict(in_channels=[32, 32, 32, 32], channels=32))

@@ -59,7 +59,7 @@ def test_stage1_checkpoint_loads_and_wrong_backbone_is_rejected(tmp_path):
 def test_train_test_resume_on_synthetic(family, name, synthetic_root, tmp_path):
     from vim_wsss.seg.train import test_seg, train_seg
 
-    cfg = f'configs/seg/segformer_{family}-mini_1xb8-160_synthetic-64-gt.py'
+    cfg = f'configs/seg/segformer_{family}-mini_1xb8-320_synthetic-64-gt.py'
     opts = _options(synthetic_root)
     opts['model.backbone.model_name'] = name
     opts['model.backbone.out_indices'] = (0, 1, 1, 1)
