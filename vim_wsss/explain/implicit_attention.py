@@ -85,6 +85,11 @@ def _rows_tensor(rows: RowsLike, length: int, device: torch.device) -> Optional[
     return rows_t
 
 
+#: Log-decays below -EXP_FLOOR are clamped before exp in the row path: exp(-60) ~ 1e-26 is nothing next to the
+#: diagonal's exp(0) = 1, and it keeps fp32 out of the denormal range, where x86 exp and mul are ~10x slower.
+EXP_FLOOR = 60.0
+
+
 def _s6_rows(D: torch.Tensor, A: torch.Tensor, dB: torch.Tensor, C_rows: torch.Tensor,
              exp_rows: torch.Tensor) -> torch.Tensor:
     """Rows of alpha by the direct masked exp.
@@ -100,10 +105,16 @@ def _s6_rows(D: torch.Tensor, A: torch.Tensor, dB: torch.Tensor, C_rows: torch.T
         ``(B, E, R, L)`` fp32.
     """
     length = D.shape[-1]
-    diff = _times_A(D[:, :, exp_rows].unsqueeze(3) - D.unsqueeze(2), A)  # (B, E, R, L, N): S_p - S_j
-    keep = torch.arange(length, device=D.device)[None, :] <= exp_rows[:, None]  # (R, L)
-    weights = diff.masked_fill_(~keep[:, :, None], float('-inf')).exp_().mul_(dB.unsqueeze(2))
-    return torch.matmul(weights, C_rows.unsqueeze(-1)).squeeze(-1)
+    cols = int(exp_rows.max()) + 1  # columns past the last query row are zero: not computed
+    Dc = D[..., :cols]
+    diff = _times_A(D[:, :, exp_rows].unsqueeze(3) - Dc.unsqueeze(2), A)  # (B, E, R, cols, N): S_p - S_j
+    weights = diff.clamp_(min=-EXP_FLOOR).exp_()
+    keep = torch.arange(cols, device=D.device)[None, :] <= exp_rows[:, None]  # (R, cols)
+    if not bool(keep.all()):
+        weights.masked_fill_(~keep[:, :, None], 0.0)
+    weights.mul_(dB[:, :, :cols].unsqueeze(2))
+    out = torch.matmul(weights, C_rows.unsqueeze(-1)).squeeze(-1)
+    return F.pad(out, (0, length - cols)) if cols < length else out
 
 
 class _BlockFactors:
@@ -412,15 +423,20 @@ def _direction_terms(ins: object, chans: slice, parts: Tuple[str, ...], scale: f
 
 
 def _s6_inputs(ins: object, chans: slice, delta: torch.Tensor, col_scale: Optional[torch.Tensor],
-               row_scale: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """float64 cumulative steps D, A, column factors dB (times col_scale), row factors C (times row_scale)."""
+               row_scale: Optional[torch.Tensor], rows: Optional[torch.Tensor] = None, cols: Optional[int] = None
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 cumulative steps D ``(B, e, L)``, A ``(e, N)``, column factors dB (delta times col_scale times B)
+    ``(B, e, cols, N)`` for the first ``cols`` positions (all by default) and row factors C (times row_scale)
+    ``(B, 1 or e, R, N)`` for ``rows`` (all by default)."""
     D = _cumsum64(delta)
-    dB = delta.unsqueeze(-1) * ins.B.float().transpose(1, 2).unsqueeze(1)  # (B, e, L, N)
-    if col_scale is not None:
-        dB = dB * col_scale.unsqueeze(-1)
+    cols = delta.shape[-1] if cols is None else cols
+    col = delta[..., :cols] if col_scale is None else delta[..., :cols] * col_scale[..., :cols]
+    dB = col.unsqueeze(-1) * ins.B.float()[..., :cols].transpose(1, 2).unsqueeze(1)  # (B, e, cols, N)
     C = ins.C.float().transpose(1, 2).unsqueeze(1)  # (B, 1, L, N)
+    if rows is not None:
+        C = C[:, :, rows]
     if row_scale is not None:
-        C = C * row_scale.unsqueeze(-1)  # (B, e, L, N)
+        C = C * (row_scale if rows is None else row_scale[:, :, rows]).unsqueeze(-1)  # (B, e, R, N)
     return D, ins.A[chans].float(), dB, C
 
 
@@ -443,8 +459,8 @@ def _direction_rows(ins: object, chans: slice, parts: Tuple[str, ...], rows: tor
     delta, col_scale, row_scale, weight = _direction_terms(ins, chans, parts, scale)
     if 's6' not in parts:
         return _identity_chunk(delta, rows, col_scale, row_scale, weight)
-    D, A, dB, C = _s6_inputs(ins, chans, delta, col_scale, row_scale)
-    mat = _s6_rows(D, A, dB, C[:, :, rows], rows)
+    D, A, dB, C = _s6_inputs(ins, chans, delta, col_scale, row_scale, rows=rows, cols=int(rows.max()) + 1)
+    mat = _s6_rows(D, A, dB, C, rows)
     return apply_conv_right(mat, weight) if weight is not None else mat
 
 
