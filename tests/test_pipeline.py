@@ -69,7 +69,8 @@ def test_pipeline_report_cache_and_invalidation(synthetic_root, tmp_path, capsys
     base = results['baselines']
     assert set(base) == {'train', 'val'} and set(base['val']) == {'background', 'whole_image', 'centre_blob'}
     assert 0 < base['val']['background'] < base['val']['centre_blob'] < 100
-    assert f"| centre_blob | {base['train']['centre_blob']:.2f} | {base['val']['centre_blob']:.2f} |" in report.read_text()
+    blob = base['train']['centre_blob'], base['val']['centre_blob']
+    assert f'| centre_blob | {blob[0]:.2f} | {blob[1]:.2f} |' in report.read_text()
     markers = {p: p.stat().st_mtime for p in stages.glob('*/stage.json')}
     assert len(markers) == 2 + 2 * 6
 
