@@ -30,5 +30,5 @@ backbones = dict(
     ),
 )
 baselines = ['background', 'whole_image', 'centre_blob']
-# rough seconds per stage on one A100-class GPU, only for the ETA before the first stage finishes
+# rough seconds per stage on one A100-class GPU: where the ETA starts; measured stages correct it
 expected_seconds = dict(data=5, baselines=60, cls=7200, maps=1800, sweep=300, pseudo=1800, seg=10800, seg_gt=10800)
