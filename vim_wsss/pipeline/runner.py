@@ -110,6 +110,8 @@ class Pipeline:
     def run_baselines(self) -> StageResult:
         """Label-only masks scored on the score split (compare with seeds / pseudo-masks) and on the val split
         (compare with the segmentation head): ``{split: {kind: mIoU}}``."""
+        splits = list(dict.fromkeys((self.cfg.data.score_split, self.cfg.data.val_split)))
+
         def score(stage_dir: Path) -> Dict[str, Any]:
             from vim_wsss.data.voc import labels_from_masks, load_cls_labels
             from vim_wsss.wsss.evaluate import eval_baselines
@@ -118,15 +120,15 @@ class Pipeline:
             path = self.root / 'cls_labels_onehot.npy'
             known = load_cls_labels(path) if path.is_file() else {}
             out = {}
-            for split in dict.fromkeys((d.score_split, d.val_split)):
+            for split in splits:
                 names = self.split(split)
                 labels = known if all(n in known for n in names) else labels_from_masks(self.root, names, d.gt_dir)
                 scores = eval_baselines(self.root, names, labels, kinds=list(self.cfg.baselines), mask_dir=d.gt_dir)
                 out[split] = {k: v['miou'] for k, v in scores.items()}
             return out
 
-        return self.stage('baselines', 'baselines', {'kinds': list(self.cfg.baselines), 'splits': 2}, [self.data],
-                          score)
+        return self.stage('baselines', 'baselines', {'kinds': list(self.cfg.baselines), 'splits': splits},
+                          [self.data], score)
 
     # -- per-backbone stages ------------------------------------------------------------------------------------
     def run_backbone(self, name: str) -> Dict[str, Any]:
