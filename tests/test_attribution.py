@@ -1,4 +1,5 @@
-"""Relevance maps: ViM 'ours' / Ali et al. methods and DeiT methods against independent step-by-step versions."""
+"""Relevance maps: ViM 'ours' / 'transformer_attr' / Ali et al. methods and DeiT methods against independent
+step-by-step versions."""
 from __future__ import annotations
 
 import pytest
@@ -123,6 +124,45 @@ def test_vim_ours_matches_step_by_step_reference(vim, start_layer):
         for k in range(2):
             ref = ours_reference(vim, x[b:b + 1], int(classes[b, k]), start)
             torch.testing.assert_close(got[b, k], ref, rtol=1e-4, atol=1e-4)
+
+
+def transformer_attr_reference(model, image, target, start_layer):
+    """The paper's R = prod (I + E_c[(grad H_c * H_c)^+]) with naive float64 matrices, one image, one class; the
+    gradient w.r.t. H_c[i, j] is (d logit / d mixer output) out_proj.weight at [i, c] times x_c[j]."""
+    mixer_out = []
+    hooks = [layer.mixer.register_forward_hook(lambda _m, _i, o: mixer_out.append(o[0])) for layer in model.layers]
+    try:
+        out = model.forward_explain(image)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    grads = torch.autograd.grad(out['logits'][0, target], mixer_out[start_layer:])
+    length = out['residuals'][0].shape[1]
+    joint = torch.eye(length, dtype=torch.float64)
+    for layer, grad in zip(range(start_layer, len(model.layers)), grads):
+        ins = out['internals'][layer]
+        h = (naive_H(ins['f']) + naive_H(ins['b']).flip(-1, -2)) / 2  # (E, L, L), original token order
+        grad_y = grad[0].double() @ model.layers[layer].mixer.out_proj.weight.double()  # (L, E)
+        grad_h = grad_y.T[:, :, None] * ins['f'].x.double()[0][:, None, :]
+        cam = (grad_h * h).clamp(min=0).mean(0)
+        joint = joint + cam @ joint
+    cls = model.cls_index
+    p = torch.cat([joint[cls, :cls], joint[cls, cls + 1:]])
+    return to_map(p, model.grid_size, tuple(image.shape[-2:]))
+
+
+@pytest.mark.parametrize('start_layer', [None, 1])
+def test_vim_transformer_attr_matches_naive_reference(vim, start_layer):
+    x = images(2, seed=4)
+    classes = torch.tensor([[1, 3], [4, 0]])
+    got = relevance_maps(vim, x, classes, 'transformer_attr', start_layer=start_layer)
+    assert got.shape == (2, 2, 64, 64) and got.dtype == torch.float32
+    for b in range(2):
+        for k in range(2):
+            ref = transformer_attr_reference(vim, x[b:b + 1], int(classes[b, k]), start_layer or 0)
+            torch.testing.assert_close(got[b, k], ref, rtol=1e-4, atol=1e-4)
+    chunked = relevance_maps(vim, x, classes, 'transformer_attr', start_layer=start_layer, channel_chunk=5)
+    torch.testing.assert_close(chunked, got, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -259,7 +299,8 @@ def test_batch_equals_single_image_calls(vim, deit, family, method):
         torch.testing.assert_close(batched[b:b + 1], single, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('family,method', [('vim', 'ours'), ('vim', 'mamba_attr'), ('deit', 'transformer_attr')])
+@pytest.mark.parametrize('family,method', [('vim', 'ours'), ('vim', 'transformer_attr'), ('vim', 'mamba_attr'),
+                                           ('deit', 'transformer_attr')])
 def test_different_classes_give_different_maps(vim, deit, family, method):
     model = vim if family == 'vim' else deit
     x = images(2, seed=13)
@@ -282,7 +323,7 @@ def test_no_grad_caller_and_autocast(vim):
 def test_argument_errors(vim, deit):
     x = images(2, seed=19)
     with pytest.raises(ValueError, match='unknown method'):
-        relevance_maps(vim, x, torch.tensor([[0], [1]]), 'transformer_attr')
+        relevance_maps(vim, x, torch.tensor([[0], [1]]), 'gradcam')
     with pytest.raises(ValueError, match='class indices'):
         relevance_maps(deit, x, torch.tensor([[0], [NUM_CLASSES]]), 'rollout')
     with pytest.raises(ValueError, match='classes must be'):

@@ -13,6 +13,12 @@ ViM methods (``implicit-attention.md`` sections 2.3-2.4):
   times the min-max-normalised token-wise max of the positive residual-stream gradient, min-max normalised; rolled out
   from ``start_layer`` with the reference's broadcasting (every row of a layer's matrix is that vector, plus I,
   row-normalised), ``R = M_last ... M_start``; the class-token row without the class token.
+* ``'transformer_attr'`` (the paper's formula, ``R = prod_l (I + E_c[(grad H_c * H_c)^+])``, section 2.3 "paper vs
+  code"; the same Chefer rollout as DeiT's ``'transformer_attr'``): the full implicit-attention matrices of every
+  layer from ``start_layer`` (default 0, as DeiT), weighted by the exact gradient of the class logit with respect to
+  each entry, ``d logit / d H_c[i, j] = (d logit / d y_c[i]) x_c[j]`` (``y`` the mixer output before ``out_proj``,
+  ``x`` the in_proj x-part), clamped, averaged over channels, ``R += cam R``; the class-token row without the class
+  token. Costs the full matrices (chunked over channels), not only the class-token rows.
 * ``'mamba_attr'`` (Ali et al., 2024; ``generate_mamba_attr``): S6-only rows with their direction merge, clamped,
   min-max over the whole (E x L) tensor, channel mean, times the same gradient term (no re-normalisation), rollout.
   ``ali_index_bug=True`` reproduces their off-by-one row indexing.
@@ -31,19 +37,20 @@ DeiT methods (``implicit-attention.md`` section 2.5):
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .implicit_attention import ali_s6_rows, attention_channel_mean
+from .implicit_attention import ali_s6_rows, attention_channel_mean, iter_mamba_attention
 
 __all__ = [
     'METHODS', 'relevance_maps', 'model_family', 'default_start_layer', 'minmax', 'rollout_from_vectors',
-    'rollout_from_matrices', 'patches_to_maps', 'vim_ours', 'vim_mamba_attr', 'vim_raw_attention', 'vim_rollout',
-    'deit_transformer_attr', 'deit_rollout', 'deit_raw_attention',
+    'rollout_from_matrices', 'patches_to_maps', 'vim_ours', 'vim_transformer_attr', 'vim_mamba_attr',
+    'vim_raw_attention', 'vim_rollout', 'deit_transformer_attr', 'deit_rollout', 'deit_raw_attention',
 ]
 
 
@@ -69,8 +76,10 @@ def _depth(model: nn.Module, family: str) -> int:
 
 
 def default_start_layer(family: str, method: str, depth: int) -> int:
-    """Default first layer: ViM ``round(depth * 15 / 24)`` (15 of 24 as the papers); DeiT 0, or the last block for
-    'raw_attention'."""
+    """Default first layer: ViM ``round(depth * 15 / 24)`` (15 of 24 as the papers) and 0 for 'transformer_attr';
+    DeiT 0, or the last block for 'raw_attention'."""
+    if method == 'transformer_attr':
+        return 0
     if family == 'vim':
         return min(depth - 1, int(round(depth * 15 / 24)))
     return depth - 1 if method == 'raw_attention' else 0
@@ -210,6 +219,66 @@ def vim_ours(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, *, s
     return torch.stack(result, dim=1)
 
 
+@contextlib.contextmanager
+def _captured_inputs(modules: Sequence[nn.Module]) -> Iterator[List[torch.Tensor]]:
+    """Collect the first positional input of each module's next forward call (in call order)."""
+    seen: List[torch.Tensor] = []
+    handles = [m.register_forward_pre_hook(lambda _m, args: seen.append(args[0])) for m in modules]
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _gradient_weighted_attention(internals: Dict[str, object], grads: torch.Tensor,
+                                 channel_chunk: Optional[int]) -> torch.Tensor:
+    """``E_c[(d logit / d H_c * H_c)^+]`` of one layer for K classes, channel chunk by channel chunk.
+
+    Args:
+        internals: the layer's ``{'f': ScanInputs, 'b': ScanInputs}``.
+        grads: ``(B, K, L, E)`` gradient of each class logit with respect to the mixer output before ``out_proj``.
+        channel_chunk: channels per chunk of the full matrices.
+
+    Returns:
+        ``(B, K, L, L)``.
+    """
+    x = internals['f'].x.detach().float()  # (B, E, L), original token order
+    grads = grads.transpose(-1, -2)  # (B, K, E, L)
+    bsz, classes, chans, length = grads.shape
+    cam = x.new_zeros(bsz, classes, length, length)
+    for sl, chunk in iter_mamba_attention(None, None, internals=internals, channel_chunk=channel_chunk):
+        weighted = chunk * x[:, sl, None, :]  # H_c[i, j] x_c[j]: (B, e, L, L)
+        for k in range(classes):
+            cam[:, k] += (weighted * grads[:, k, sl, :, None]).clamp_(min=0).sum(dim=1)
+    return cam / chans
+
+
+def vim_transformer_attr(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, *,
+                         start_layer: Optional[int] = None, channel_chunk: Optional[int] = None,
+                         **_: object) -> torch.Tensor:
+    """Gradient-weighted rollout of the full implicit attention (the paper's formula, Chefer's rule): ``(B, K, M)``.
+
+    Args:
+        start_layer: first rolled-out layer (default 0).
+        channel_chunk: channels per chunk of the full implicit-attention matrices.
+        Others: as :func:`vim_ours`.
+    """
+    depth = _depth(model, 'vim')
+    start = _resolve_start(start_layer, 'vim', 'transformer_attr', depth)
+    with _captured_inputs([model.layers[i].mixer.out_proj for i in range(start, depth)]) as inner:
+        out = _explain_forward(model, images, need_grad=True)
+    per_class = _class_gradients(out['logits'], classes, inner)  # K x layers x (B, L, E)
+    cls = int(model.cls_index)
+    length = inner[0].shape[1]
+    joint = torch.eye(length, device=images.device).expand(images.shape[0], classes.shape[1], -1, -1)
+    for i, layer in enumerate(range(start, depth)):
+        grads = torch.stack([g[i] for g in per_class], dim=1)  # (B, K, L, E)
+        cam = _gradient_weighted_attention(out['internals'][layer], grads, channel_chunk)
+        joint = joint + cam @ joint
+    return _drop_index(joint[:, :, cls], cls)
+
+
 def _ali_rows(out: Dict[str, object], layers: Sequence[int], cls: int, index_bug: bool) -> List[torch.Tensor]:
     return [ali_s6_rows(out['internals'][layer], cls, index_bug=index_bug) for layer in layers]  # (B, E, L) each
 
@@ -316,7 +385,7 @@ MethodFn = Callable[..., torch.Tensor]
 
 #: Methods per model family; every function maps ``(model, images, classes, *, start_layer, ...)`` to ``(B, K, M)``.
 METHODS: Dict[str, Dict[str, MethodFn]] = {
-    'vim': {'ours': vim_ours, 'mamba_attr': vim_mamba_attr, 'raw_attention': vim_raw_attention,
+    'vim': {'ours': vim_ours, 'transformer_attr': vim_transformer_attr, 'mamba_attr': vim_mamba_attr, 'raw_attention': vim_raw_attention,
             'rollout': vim_rollout},
     'deit': {'transformer_attr': deit_transformer_attr, 'raw_attention': deit_raw_attention,
              'rollout': deit_rollout},
@@ -333,13 +402,14 @@ def relevance_maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor
         model: ViM or DeiT backbone/classifier with ``forward_explain`` (in eval mode).
         images: normalised images ``(B, 3, H, W)``.
         classes: ``(B, K)`` class indices (one map per column; a ``(B,)`` tensor means K = 1).
-        method: a key of ``METHODS[family]`` ('ours', 'mamba_attr', 'raw_attention', 'rollout' for ViM;
-            'transformer_attr', 'raw_attention', 'rollout' for DeiT).
-        start_layer: first layer used (default: ViM ``round(depth * 15 / 24)``; DeiT 0, last block for raw).
+        method: a key of ``METHODS[family]`` ('ours', 'transformer_attr', 'mamba_attr', 'raw_attention', 'rollout'
+            for ViM; 'transformer_attr', 'raw_attention', 'rollout' for DeiT).
+        start_layer: first layer used (default: ViM ``round(depth * 15 / 24)``, 0 for 'transformer_attr'; DeiT 0,
+            last block for raw).
         out_size: (h, w) of the maps (default the image size).
         normalize: min-max each map to [0, 1] (after the clamp at 0); False keeps the clamped values.
         ali_index_bug: ViM Ali et al. methods only: reproduce their off-by-one S6 rows.
-        channel_chunk: ViM 'ours' only: channels per implicit-attention chunk (memory bound).
+        channel_chunk: ViM 'ours' and 'transformer_attr': channels per implicit-attention chunk (memory bound).
 
     Returns:
         ``(B, K, h, w)`` non-negative fp32 maps.
