@@ -37,3 +37,10 @@ def test_pipeline_config_points_at_existing_configs(path):
     for name, bb in cfg.backbones.items():
         for key in ('cls_config', 'seg_config', 'seg_gt_config'):
             assert (ROOT.parent / bb[key]).is_file(), f'{path.name}: {name}.{key} -> {bb[key]} missing'
+
+
+@pytest.mark.parametrize('path', LEAVES['cls'] + LEAVES['seg'], ids=lambda p: p.name)
+def test_training_configs_fix_the_seed(path):
+    # mmengine otherwise draws the seed from numpy's global RNG: a cached vs a fresh pipeline would then differ
+    seed = Config.fromfile(str(path)).get('randomness', {}).get('seed')
+    assert isinstance(seed, int), f'{path.name}: set randomness = dict(seed=...)'

@@ -18,6 +18,8 @@ pseudo = dict(refine=['rw', 'par', 'crf'], workers=8)  # AFA-style order
 backbones = dict(
     vim=dict(
         cls_config='configs/cls/vim-s_voc12aug-448.py',
+        # the class-token rows of the released code; 'transformer_attr' (the paper's formula, as the demo uses)
+        # needs all 24 layers' full 785x785 matrices per image: ~90 s/image on CPU, so only with a GPU
         method='ours',
         seg_config='configs/seg/segformer_vim-s_1xb8-20k_voc12aug-448.py',
         seg_gt_config='configs/seg/segformer_vim-s_1xb8-20k_voc12aug-448-gt.py',

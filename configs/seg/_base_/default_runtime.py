@@ -12,3 +12,6 @@ log_level = 'INFO'
 load_from = None
 resume = False
 tta_model = dict(type='SegTTAModel')
+# A fixed seed: without one mmengine draws it from numpy's global RNG, so the result would depend on what ran
+# earlier in the same process (e.g. a pipeline that trained the classifier first vs one that found it cached).
+randomness = dict(seed=0)
