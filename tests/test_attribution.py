@@ -308,14 +308,15 @@ def test_different_classes_give_different_maps(vim, deit, family, method):
     assert (maps[:, 0] - maps[:, 1]).abs().amax(dim=(-2, -1)).min() > 1e-3
 
 
-def test_no_grad_caller_and_autocast(vim):
+@pytest.mark.parametrize('method', ['ours', 'transformer_attr'])
+def test_no_grad_caller_and_autocast(vim, method):
     x = images(2, seed=17)
     classes = torch.tensor([[1], [2]])
-    ref = relevance_maps(vim, x, classes, 'ours')
+    ref = relevance_maps(vim, x, classes, method)
     with torch.no_grad():
-        torch.testing.assert_close(relevance_maps(vim, x, classes, 'ours'), ref)
+        torch.testing.assert_close(relevance_maps(vim, x, classes, method), ref)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        low = relevance_maps(vim, x, classes, 'ours')
+        low = relevance_maps(vim, x, classes, method)
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
     assert low.min() >= 0 and low.max() <= 1
 

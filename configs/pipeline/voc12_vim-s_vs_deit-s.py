@@ -19,7 +19,8 @@ backbones = dict(
     vim=dict(
         cls_config='configs/cls/vim-s_voc12aug-448.py',
         # the class-token rows of the released code; 'transformer_attr' (the paper's formula, as the demo uses)
-        # needs all 24 layers' full 785x785 matrices per image: ~90 s/image on CPU, so only with a GPU
+        # needs all 24 layers' full 785x785 matrices per image (8.7 s per 224 image on 2 CPU cores, bench_relevance;
+        # minutes at 448): use it on a GPU
         method='ours',
         seg_config='configs/seg/segformer_vim-s_1xb8-20k_voc12aug-448.py',
         seg_gt_config='configs/seg/segformer_vim-s_1xb8-20k_voc12aug-448-gt.py',

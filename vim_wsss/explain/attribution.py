@@ -268,6 +268,8 @@ def vim_transformer_attr(model: nn.Module, images: torch.Tensor, classes: torch.
     start = _resolve_start(start_layer, 'vim', 'transformer_attr', depth)
     with _captured_inputs([model.layers[i].mixer.out_proj for i in range(start, depth)]) as inner:
         out = _explain_forward(model, images, need_grad=True)
+    if len(inner) != depth - start:
+        raise RuntimeError(f'expected one out_proj call per mixer of layers {start}..{depth - 1}, got {len(inner)}')
     per_class = _class_gradients(out['logits'], classes, inner)  # K x layers x (B, L, E)
     cls = int(model.cls_index)
     length = inner[0].shape[1]
@@ -385,8 +387,8 @@ MethodFn = Callable[..., torch.Tensor]
 
 #: Methods per model family; every function maps ``(model, images, classes, *, start_layer, ...)`` to ``(B, K, M)``.
 METHODS: Dict[str, Dict[str, MethodFn]] = {
-    'vim': {'ours': vim_ours, 'transformer_attr': vim_transformer_attr, 'mamba_attr': vim_mamba_attr, 'raw_attention': vim_raw_attention,
-            'rollout': vim_rollout},
+    'vim': {'ours': vim_ours, 'transformer_attr': vim_transformer_attr, 'mamba_attr': vim_mamba_attr,
+            'raw_attention': vim_raw_attention, 'rollout': vim_rollout},
     'deit': {'transformer_attr': deit_transformer_attr, 'raw_attention': deit_raw_attention,
              'rollout': deit_rollout},
 }
