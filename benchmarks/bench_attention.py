@@ -36,7 +36,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 
 from vim_wsss.explain.implicit_attention import mamba_attention
 from vim_wsss.models.vim import BiMambaMixer, ScanInputs
+from vim_wsss.utils import atomic_save_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'bench_attention.json')
 TAPS = 4
@@ -243,14 +243,6 @@ def peak_memory(case: str, chans: int, length: int, depth: int, threads: int) ->
 # ----------------------------------------------------------------------------------------------------------------
 # main
 # ----------------------------------------------------------------------------------------------------------------
-def write_json(path: str, data: Dict[str, Any]) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.json.tmp')
-    with os.fdopen(fd, 'w') as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
-
 
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -311,8 +303,9 @@ def main(argv: List[str] = None) -> int:
     print(f"\nnaive full-matrix times are extrapolated (rows {fulls[0]['naive_loop_rows_timed']}... of the triple "
           'loop, 16 channels of conv2Mat + dense products); every other figure is measured in this run.')
     print('goals:', ', '.join(f'{k}={v}' for k, v in goals.items()))
-    write_json(args.out, dict(quick=args.quick, threads=args.threads, load_average=load, platform=platform.platform(),
-                              torch=torch.__version__, rows=rows, full=fulls, layers=layers, goals=goals))
+    atomic_save_json(args.out, dict(quick=args.quick, threads=args.threads, load_average=load,
+                                    platform=platform.platform(), torch=torch.__version__, rows=rows, full=fulls,
+                                    layers=layers, goals=goals))
     print(f'wrote {args.out}')
     return 0
 

@@ -17,11 +17,9 @@ Writes ``benchmarks/results/bench_relevance.json`` (atomically).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List
 
@@ -29,6 +27,7 @@ import torch
 
 from vim_wsss.explain import relevance_maps
 from vim_wsss.models import create_model
+from vim_wsss.utils import atomic_save_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'bench_relevance.json')
 CASES = (('vim', 'ours'), ('vim', 'transformer_attr'), ('deit', 'transformer_attr'))
@@ -48,14 +47,6 @@ def bench_case(model: torch.nn.Module, images: torch.Tensor, method: str, repeat
     per = images.shape[0]
     return dict(method=method, batch=per, wall_s_per_image=min(walls) / per, cpu_s_per_image=min(cpus) / per)
 
-
-def write_json(path: str, data: Dict[str, Any]) -> None:
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix='.json.tmp')
-    with os.fdopen(fd, 'w') as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv: List[str] = None) -> int:
@@ -86,9 +77,9 @@ def main(argv: List[str] = None) -> int:
         r['ratio_vs_vim_ours'] = r['wall_s_per_image'] / base
         print(f"| {r['model']} | {r['method']} | {r['wall_s_per_image']:.3f} | {r['cpu_s_per_image']:.3f} | "
               f"{r['ratio_vs_vim_ours']:.1f}x |")
-    write_json(args.out, dict(quick=args.quick, threads=args.threads, batch=args.batch, size=size,
-                              load_average=load, platform=platform.platform(), torch=torch.__version__,
-                              results=results))
+    atomic_save_json(args.out, dict(quick=args.quick, threads=args.threads, batch=args.batch, size=size,
+                                    load_average=load, platform=platform.platform(), torch=torch.__version__,
+                                    results=results))
     print(f'wrote {args.out}')
     return 0
 

@@ -15,12 +15,10 @@ Writes ``benchmarks/results/bench_scan.json`` (atomically).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import types
 from typing import Callable, Dict, List, Optional, Tuple
@@ -29,6 +27,7 @@ import torch
 
 from vim_wsss.models import create_model
 from vim_wsss.ops import scan_impl, selective_scan_fast, selective_scan_ref
+from vim_wsss.utils import atomic_save_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'bench_scan.json')
 
@@ -131,14 +130,6 @@ def print_row(row: Dict[str, object]) -> None:
           f"max rel err out {row['max_rel_err_out']:.1e} / outputs+grads {row['max_rel_err']:.1e}", flush=True)
 
 
-def write_json(path: str, payload: Dict[str, object]) -> None:
-    """Atomic write: temporary file in the same folder, then os.replace."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-        json.dump(payload, f, indent=2)
-    os.replace(tmp, path)
-
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -157,7 +148,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     model_rows = bench_models(model_batch, model_size, repeats)
     payload = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=platform.processor() or
                    platform.machine(), reference=ref_name, quick=args.quick, scan=scan_rows, models=model_rows)
-    write_json(args.out, payload)
+    atomic_save_json(args.out, payload)
     print(f'wrote {args.out}')
     return payload
 
