@@ -45,7 +45,7 @@ def test_pipeline_report_cache_and_invalidation(synthetic_root, tmp_path, capsys
     from vim_wsss.pipeline.runner import run_pipeline
 
     backbones = {
-        'vim': dict(method='ours', **_tiny_configs(tmp_path, 'vim', 'vim_test_patch8_64')),
+        'vim': dict(method='transformer_attr', **_tiny_configs(tmp_path, 'vim', 'vim_test_patch8_64')),
         'deit': dict(method='transformer_attr', **_tiny_configs(tmp_path, 'deit', 'deit_test_patch8_64')),
     }
     options = {'data': dict(kind='voc', root=str(synthetic_root)), 'backbones': backbones,
