@@ -48,7 +48,6 @@ def bench_case(model: torch.nn.Module, images: torch.Tensor, method: str, repeat
     return dict(method=method, batch=per, wall_s_per_image=min(walls) / per, cpu_s_per_image=min(cpus) / per)
 
 
-
 def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true', help='tiny models (smoke run)')

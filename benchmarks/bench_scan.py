@@ -130,7 +130,6 @@ def print_row(row: Dict[str, object]) -> None:
           f"max rel err out {row['max_rel_err_out']:.1e} / outputs+grads {row['max_rel_err']:.1e}", flush=True)
 
 
-
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='small shapes, one repeat (smoke run)')
