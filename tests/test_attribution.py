@@ -91,6 +91,13 @@ def to_map(patch_rel, grid, size):
     return (rel - rel.min()) / (rel.max() - rel.min())
 
 
+def assert_matches_reference(got, x, classes, reference):
+    """Every map ``got[b, k]`` against ``reference(x[b:b + 1], classes[b, k])`` (one image, one class)."""
+    for b in range(x.shape[0]):
+        for k in range(classes.shape[1]):
+            torch.testing.assert_close(got[b, k], reference(x[b:b + 1], int(classes[b, k])), rtol=1e-4, atol=1e-4)
+
+
 def ours_reference(model, image, target, start_layer):
     """implicit-attention.md section 2.3, steps 1-5, one image, one class."""
     out = model.forward_explain(image)
@@ -120,10 +127,7 @@ def test_vim_ours_matches_step_by_step_reference(vim, start_layer):
     got = relevance_maps(vim, x, classes, 'ours', start_layer=start_layer)
     assert got.shape == (2, 2, 64, 64) and got.dtype == torch.float32
     start = default_start_layer('vim', 'ours', len(vim.layers)) if start_layer is None else start_layer
-    for b in range(2):
-        for k in range(2):
-            ref = ours_reference(vim, x[b:b + 1], int(classes[b, k]), start)
-            torch.testing.assert_close(got[b, k], ref, rtol=1e-4, atol=1e-4)
+    assert_matches_reference(got, x, classes, lambda image, target: ours_reference(vim, image, target, start))
 
 
 def transformer_attr_reference(model, image, target, start_layer):
@@ -157,10 +161,8 @@ def test_vim_transformer_attr_matches_naive_reference(vim, start_layer):
     classes = torch.tensor([[1, 3], [4, 0]])
     got = relevance_maps(vim, x, classes, 'transformer_attr', start_layer=start_layer)
     assert got.shape == (2, 2, 64, 64) and got.dtype == torch.float32
-    for b in range(2):
-        for k in range(2):
-            ref = transformer_attr_reference(vim, x[b:b + 1], int(classes[b, k]), start_layer or 0)
-            torch.testing.assert_close(got[b, k], ref, rtol=1e-4, atol=1e-4)
+    assert_matches_reference(got, x, classes,
+                             lambda image, target: transformer_attr_reference(vim, image, target, start_layer or 0))
     chunked = relevance_maps(vim, x, classes, 'transformer_attr', start_layer=start_layer, channel_chunk=5)
     torch.testing.assert_close(chunked, got, rtol=1e-5, atol=1e-5)
 
