@@ -1,14 +1,13 @@
-"""mmcv-lite stand-in for mmcv.ops, and checkpoint loading under torch's weights_only default."""
+"""mmcv-lite stand-in for mmcv.ops, and mmengine's checkpoint loading routed through the safe reader."""
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from vim_wsss.compat import ensure_mmseg, patch_mmengine_load, torch_load
+from vim_wsss.compat import ensure_mmseg, patch_mmengine_load
 from vim_wsss.compat.mmcv_ops import has_compiled_mmcv
 
 lite_only = pytest.mark.skipif(has_compiled_mmcv(), reason='compiled mmcv installed: the stand-in is not used')
@@ -58,42 +57,6 @@ def test_stand_in_refuses_other_ops_clearly():
     assert not hasattr(mmcv.ops, '__file__')  # dunders -> AttributeError (mmengine's registry relies on it)
     with pytest.raises(ModuleNotFoundError):
         from mmcv.ops import CrissCrossAttention  # noqa: F401  (mmseg guards this with except ModuleNotFoundError)
-
-
-def test_torch_load_official_style_checkpoint(tmp_path):
-    path = tmp_path / 'vim_s.pth'
-    state = {'w': torch.randn(3, 2)}
-    torch.save({'model': state, 'args': argparse.Namespace(lr=1e-3, model='vim_small'), 'epoch': np.int64(299),
-                'best': np.float64(80.5), 'hist': np.arange(4, dtype=np.float32)}, path)
-    ckpt = torch_load(path)
-    assert ckpt['args'].model == 'vim_small' and ckpt['epoch'] == 299 and ckpt['best'] == 80.5
-    torch.testing.assert_close(ckpt['model']['w'], state['w'])
-    np.testing.assert_array_equal(ckpt['hist'], np.arange(4, dtype=np.float32))
-
-
-class _Custom:
-    def __init__(self, value):
-        self.value = value
-
-
-def test_torch_load_refuses_unknown_objects_unless_trusted(tmp_path):
-    path = tmp_path / 'custom.pth'
-    torch.save({'obj': _Custom(3)}, path)
-    with pytest.raises(ValueError, match='custom.pth.*trusted=True'):
-        torch_load(path)
-    assert torch_load(path, trusted=True)['obj'].value == 3
-
-
-@pytest.mark.parametrize('damage', ['truncate', 'garbage'])
-def test_torch_load_errors_name_the_file(tmp_path, damage):
-    with pytest.raises(FileNotFoundError, match='missing.pth'):
-        torch_load(tmp_path / 'missing.pth')
-    bad = tmp_path / f'{damage}.pth'
-    torch.save({'model': {'w': torch.randn(100)}}, bad)
-    bad.write_bytes(bad.read_bytes()[:50] if damage == 'truncate' else b'not a checkpoint ' * 20)
-    for trusted in (False, True):
-        with pytest.raises(ValueError, match=f'{damage}.pth'):
-            torch_load(bad, trusted=trusted)
 
 
 def _mmengine_checkpoint(path):

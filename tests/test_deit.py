@@ -5,7 +5,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from vim_wsss.models import CheckpointError, DeiT, create_model, list_models
-from vim_wsss.models.deit import checkpoint_filter_fn, load_pretrained
+from vim_wsss.models import load_weights
+from vim_wsss.models.deit import checkpoint_filter_fn
 
 
 def tiny(seed=0, **kw):
@@ -121,11 +122,11 @@ def test_checkpoint_resample_head_and_errors(tmp_path):
     assert model.pos_embed.shape == (1, 145, 32) and model.head.weight.shape == (20, 32)
     torch.testing.assert_close(model.pos_embed[:, 0], source.pos_embed[:, 0])  # class entry kept
     torch.testing.assert_close(model.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
-    same = checkpoint_filter_fn({'model': source.state_dict()}, tiny(num_classes=1000))
+    same = checkpoint_filter_fn(source.state_dict(), tiny(num_classes=1000))
     torch.testing.assert_close(same['pos_embed'], source.pos_embed)
     broken = dict(source.state_dict())
     broken['blocks.0.attn.qkv.weight'] = torch.zeros(3, 32)
     del broken['norm.weight']
     torch.save({'model': broken}, tmp_path / 'broken.pth')
     with pytest.raises(CheckpointError, match=r'(?s)broken\.pth.*missing \(1\): norm\.weight.*blocks\.0\.attn\.qkv'):
-        load_pretrained(tiny(), tmp_path / 'broken.pth')
+        load_weights(tiny(), tmp_path / 'broken.pth', new_head=True)

@@ -235,9 +235,7 @@ def test_overlays_and_matrix_images(tmp_path):
     assert os.listdir(tmp_path / 'sub') == ['x.png']
 
 
-def test_explain_command(tmp_path, vim):
-    from vim_wsss.commands.explain import main
-
+def test_explain_command(tmp_path, vim, run_cli):
     rng = np.random.default_rng(2)
     paths = []
     for i in range(2):
@@ -247,13 +245,17 @@ def test_explain_command(tmp_path, vim):
     ckpt = str(tmp_path / 'cls.pth')
     torch.save({'state_dict': {f'backbone.{k}': v for k, v in vim.state_dict().items()}}, ckpt)
     out = str(tmp_path / 'out')
-    assert main(['--model', 'vim_test_patch8_64', '--checkpoint', ckpt, '--topk', '2', '--out', out] + paths) == 0
+    result = run_cli('explain', '--model', 'vim_test_patch8_64', '--checkpoint', ckpt, '--topk', '2', '--out', out,
+                     *paths)
+    assert result.returncode == 0, result.stderr
     files = sorted(os.listdir(out))
     assert len(files) == 5 and 'grid_ours.png' in files
     overlays = [f for f in files if f.startswith('im')]
     assert len(overlays) == 4 and cv2.imread(os.path.join(out, overlays[0])).shape == (64, 64, 3)
-    assert main(['--model', 'vim_test_patch8_64', '--checkpoint', ckpt, '--classes', '3', '--method', 'rollout',
-                 '--out', out, paths[0]]) == 0
+    result = run_cli('explain', '--model', 'vim_test_patch8_64', '--checkpoint', ckpt, '--classes', '3', '--method',
+                     'rollout', '--out', out, paths[0])
+    assert result.returncode == 0, result.stderr
     assert os.path.isfile(os.path.join(out, 'im0_rollout_c3.png'))
-    with pytest.raises(FileNotFoundError, match='nope.png'):
-        main(['--model', 'vim_test_patch8_64', '--checkpoint', ckpt, '--out', out, str(tmp_path / 'nope.png')])
+    result = run_cli('explain', '--model', 'vim_test_patch8_64', '--checkpoint', ckpt, '--out', out,
+                     str(tmp_path / 'nope.png'))
+    assert result.returncode == 1 and 'nope.png' in result.stderr and 'Traceback' not in result.stderr

@@ -1,5 +1,7 @@
-"""Relevance-map overlays for images: thin wrapper over ``vim_wsss.commands.explain`` (``vim-wsss explain``)."""
-from vim_wsss.commands.explain import main
+"""Same as ``vim-wsss explain``: a thin wrapper over the console entry point (same options, errors and exit codes)."""
+import sys
+
+from vim_wsss.cli import main
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    sys.exit(main(['explain', *sys.argv[1:]]))

@@ -1,9 +1,7 @@
-"""Write the synthetic VOC-format dataset (same as ``vim-wsss make-synthetic``)."""
-import argparse
+"""Same as ``vim-wsss make-synthetic``: a thin wrapper over the console entry point (same options, errors and exit codes)."""
+import sys
 
-from vim_wsss.commands.make_synthetic import add_arguments, main
+from vim_wsss.cli import main
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    raise SystemExit(main(parser.parse_args()))
+    sys.exit(main(['make-synthetic', *sys.argv[1:]]))

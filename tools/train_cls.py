@@ -1,9 +1,7 @@
-"""Same as ``vim-wsss train-cls``: a thin wrapper over vim_wsss.commands.train_cls."""
-import argparse
+"""Same as ``vim-wsss train-cls``: a thin wrapper over the console entry point (same options, errors and exit codes)."""
+import sys
 
-from vim_wsss.commands.train_cls import add_arguments, main
+from vim_wsss.cli import main
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_arguments(parser)
-    raise SystemExit(main(parser.parse_args()))
+    sys.exit(main(['train-cls', *sys.argv[1:]]))

@@ -6,7 +6,10 @@ its module is imported only when that subcommand runs, so ``vim-wsss --help`` lo
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
+import re
 import sys
 from typing import List, Optional
 
@@ -22,6 +25,22 @@ SUBCOMMANDS = {
     'test-seg': ('vim_wsss.commands.test_seg', 'evaluate a segmentation checkpoint (TTA / CRF optional)'),
     'explain': ('vim_wsss.commands.explain', 'relevance-map overlays for images'),
 }
+
+#: Subcommands that read a checkpoint: they get --trust-checkpoint (see vim_wsss.models.checkpoint).
+READS_CHECKPOINTS = ('pipeline', 'train-cls', 'make-seeds', 'train-seg', 'test-seg', 'explain')
+TRUST_ENV = 'VIM_WSSS_TRUST_CHECKPOINT'  # the same name as vim_wsss.models.checkpoint.TRUST_ENV (not imported:
+DEBUG_ENV = 'VIM_WSSS_DEBUG'             # `vim-wsss --help` loads no stage's dependencies)
+#: OS errors that are about the user's files or disk, with the fix.
+USER_ERRNOS = {
+    errno.ENOSPC: 'free disk space (or choose another --out / --work-dir) and re-run: finished outputs are kept',
+    errno.EDQUOT: 'free disk space (or choose another --out / --work-dir) and re-run: finished outputs are kept',
+    errno.EROFS: 'choose a writable --out / --work-dir',
+    errno.EACCES: 'check the permissions, or choose another --out / --work-dir',
+    errno.EPERM: 'check the permissions, or choose another --out / --work-dir',
+    errno.ENOTDIR: 'a path component is a file, not a folder; fix the path',
+    errno.EISDIR: 'a folder was given where a file is expected; fix the path',
+}
+_BUILD_PREFIX = re.compile(r'(class `\w+` in [\w./-]+: )+')
 
 EPILOG = """typical workflow:
   vim-wsss demo                                    # synthetic data -> ViM vs DeiT end to end -> report
@@ -46,6 +65,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_common_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    if name in READS_CHECKPOINTS:
+        parser.add_argument('--trust-checkpoint', action='store_true',
+                            help='load checkpoints that hold types the safe loader refuses (unpickling them can run '
+                                 f'code; only for files you made or trust); same as {TRUST_ENV}=1')
+    parser.add_argument('--debug', action='store_true',
+                        help=f'show the traceback of input errors too (or set {DEBUG_ENV}=1)')
+
+
+def user_error_message(err: BaseException) -> Optional[str]:
+    """One line for an error about user input (bad file, value, folder), None for anything else (a bug)."""
+    from vim_wsss.data.voc import DataError
+    from vim_wsss.models.checkpoint import CheckpointError
+
+    if isinstance(err, OSError) and not isinstance(err, (FileNotFoundError, FileExistsError)):
+        if err.errno not in USER_ERRNOS:
+            return None
+        where = f' ({err.filename})' if err.filename else ''
+        return f'{err.strerror or err}{where}; {USER_ERRNOS[err.errno]}'
+    if not isinstance(err, (DataError, CheckpointError, FileNotFoundError, FileExistsError)):
+        return None
+    text = ' '.join(str(err).split())  # one line
+    return _BUILD_PREFIX.sub('', text)  # mmengine's registry prefixes "class `X` in module: " when building
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -65,19 +109,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     sub = argparse.ArgumentParser(prog=f'vim-wsss {name}', description=help_text)
     module.add_arguments(sub)
+    _add_common_arguments(name, sub)
     args = sub.parse_args(rest)
+    if getattr(args, 'trust_checkpoint', False):
+        os.environ[TRUST_ENV] = '1'  # reaches the Runner's own loads (resume, pretrained) in this process
+    debug = args.debug or os.environ.get(DEBUG_ENV, '').strip().lower() in ('1', 'true', 'yes')
     try:
         return int(module.main(args) or 0)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        from vim_wsss.data.voc import DataError
-
-        if not isinstance(err, (DataError, FileNotFoundError, FileExistsError)):
-            raise  # a plain ValueError is a bug: keep the traceback
-        print(f'vim-wsss {name}: error: {err}', file=sys.stderr)  # user-input errors name the file and the fix
-        return 1
     except KeyboardInterrupt:
         print(f'vim-wsss {name}: interrupted', file=sys.stderr)
         return 130
+    except Exception as err:
+        message = user_error_message(err)
+        if message is None or debug:
+            raise  # a bug (or --debug): keep the traceback
+        print(f'vim-wsss {name}: error: {message}', file=sys.stderr)
+        return 1
 
 
 if __name__ == '__main__':

@@ -7,16 +7,14 @@ Example::
 
 Writes ``<out>/<image stem>_<method>_c<class>.png`` (heat map over the resized image) per image and class, and
 ``<out>/grid_<method>.png`` with all overlays. The checkpoint may be an official ``.pth``, a plain state dict, or a
-training checkpoint whose backbone keys carry a prefix such as ``backbone.`` (stripped when every ``pos_embed`` key
-has it).
+``train-cls`` checkpoint (read by :mod:`vim_wsss.models.checkpoint`, like every checkpoint).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -45,38 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
 
 
-def _strip_prefix(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Remove a wrapper prefix (``backbone.`` / ``model.`` / ...) found in front of ``pos_embed``."""
-    pos_keys = [k for k in state if k.endswith('pos_embed')]
-    if len(pos_keys) != 1 or pos_keys[0] == 'pos_embed':
-        return state
-    prefix = pos_keys[0][:-len('pos_embed')]
-    stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    head = {k: v for k, v in state.items() if not k.startswith(prefix) and k.split('.')[-2:-1] == ['head']}
-    if 'head.weight' not in stripped and head:  # e.g. 'head.weight' next to 'backbone.*'
-        stripped.update({'head.' + k.split('.')[-1]: v for k, v in head.items()})
-    return stripped
-
-
 def load_model(name: str, checkpoint: Optional[str], num_classes: Optional[int], device: str) -> nn.Module:
-    """Build ``name`` and load ``checkpoint`` (strict key check), in eval mode on ``device``."""
+    """Build ``name`` and load ``checkpoint`` strictly (head included), in eval mode on ``device``."""
     from vim_wsss.models import create_model
-    from vim_wsss.models.vim import _unwrap, load_checked_state_dict, read_checkpoint
+    from vim_wsss.models.checkpoint import backbone_state_dict, load_state, read_checkpoint
 
     if checkpoint is None:
         warnings.warn('no --checkpoint: explaining a randomly initialised model (smoke run only).')
-        model = create_model(name, num_classes=num_classes or 1000)
-    else:
-        state = _strip_prefix(dict(_unwrap(read_checkpoint(checkpoint))))
-        head = state.get('head.weight')
-        classes = num_classes or (int(head.shape[0]) if isinstance(head, torch.Tensor) else 1000)
-        model = create_model(name, num_classes=classes)
-        family = type(model).__module__
-        if family.endswith('.deit'):
-            from vim_wsss.models.deit import checkpoint_filter_fn
-        else:
-            from vim_wsss.models.vim import checkpoint_filter_fn
-        load_checked_state_dict(model, checkpoint_filter_fn(state, model), checkpoint, strict=True)
+        return create_model(name, num_classes=num_classes or 1000).to(device).eval()
+    state = backbone_state_dict(read_checkpoint(checkpoint), checkpoint)
+    head = state.get('head.weight')
+    classes = num_classes or (int(head.shape[0]) if isinstance(head, torch.Tensor) else 1000)
+    model = create_model(name, num_classes=classes)
+    load_state(model, state, checkpoint, new_head=False)
     return model.to(device).eval()
 
 
@@ -99,7 +78,7 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(x.transpose(2, 0, 1).copy())
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     """Explain ``args.images`` and write overlays; returns the exit status."""
     from vim_wsss.explain import METHODS, model_family, relevance_maps
     from vim_wsss.explain.visualize import overlay_grid, overlay_heatmap, save_png
@@ -129,14 +108,3 @@ def run(args: argparse.Namespace) -> int:
     save_png(os.path.join(args.out, f'grid_{method}.png'), overlay_grid(tiles, ncols=classes.shape[1]))
     print(f'wrote {len(tiles)} overlays and grid_{method}.png to {args.out}')
     return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Stand-alone entry point (``python tools/explain.py ...``)."""
-    parser = argparse.ArgumentParser(prog='vim-wsss explain', description=HELP)
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -1,7 +1,8 @@
 """Compatibility with the installed stack: mmcv-lite (no compiled ops) and torch >= 2.6 ``weights_only`` loading.
 
 Import mmseg through :func:`ensure_mmseg` (never ``import mmseg`` first): it installs the ``mmcv.ops`` stand-in
-when needed. Checkpoints go through :func:`torch_load`; mmengine resume through :func:`patch_mmengine_load`.
+when needed. Checkpoints go through :func:`vim_wsss.models.checkpoint.read_checkpoint`; mmengine's own loads (resume,
+``load_from``) through :func:`patch_mmengine_load`, which routes them there.
 """
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import sys
 import warnings
 from types import ModuleType
 
-from .checkpoint import mmengine_trusted_load, patch_mmengine_load, torch_load
+from .checkpoint import patch_mmengine_load
 
-__all__ = ['ensure_mmseg', 'torch_load', 'patch_mmengine_load', 'mmengine_trusted_load']
+__all__ = ['ensure_mmseg', 'patch_mmengine_load']
 
 
 def ensure_mmseg() -> ModuleType:

@@ -1,8 +1,8 @@
 """Backbones: Vision Mamba (:mod:`.vim`) and the DeiT baseline (:mod:`.deit`), registered in timm's registry.
 
 Importing this package registers the entrypoints, so ``timm.create_model('vim_small_patch16_224')`` works too.
-:func:`create_model` adds local checkpoint loading through each family's ``load_pretrained`` (strict, official keys,
-pos_embed resampling, head re-initialisation).
+:func:`create_model` adds local checkpoint loading through :mod:`.checkpoint` (safe unpickling, strict official keys,
+pos_embed resampling, head re-initialisation), the one module every checkpoint reader uses.
 """
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from typing import Any, List, Optional, Union
 import timm
 import torch.nn as nn
 
-from . import deit, vim
+from .checkpoint import CheckpointError, load_weights, model_family, read_checkpoint
 from .deit import DEIT_MODELS, DeiT
-from .vim import VIM_MODELS, BiMambaMixer, Block, CheckpointError, RMSNorm, ScanInputs, VisionMamba
+from .vim import VIM_MODELS, BiMambaMixer, Block, RMSNorm, ScanInputs, VisionMamba
 
 __all__ = [
-    'create_model', 'list_models', 'load_pretrained', 'model_family', 'VisionMamba', 'DeiT', 'BiMambaMixer', 'Block',
-    'RMSNorm', 'ScanInputs', 'CheckpointError', 'VIM_MODELS', 'DEIT_MODELS',
+    'create_model', 'list_models', 'load_weights', 'read_checkpoint', 'model_family', 'VisionMamba', 'DeiT',
+    'BiMambaMixer', 'Block', 'RMSNorm', 'ScanInputs', 'CheckpointError', 'VIM_MODELS', 'DEIT_MODELS',
 ]
 
 
@@ -26,21 +26,6 @@ def list_models(pattern: Optional[str] = None) -> List[str]:
     """Names of our registered backbones, optionally filtered by a shell-style pattern (e.g. ``'vim_*'``)."""
     names = sorted(VIM_MODELS + DEIT_MODELS)
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
-
-
-def model_family(model: nn.Module) -> str:
-    """'vim' or 'deit' for a backbone built here."""
-    if isinstance(model, VisionMamba):
-        return 'vim'
-    if isinstance(model, DeiT):
-        return 'deit'
-    raise TypeError(f'{type(model).__name__} is not a vim_wsss backbone (VisionMamba or DeiT).')
-
-
-def load_pretrained(model: nn.Module, path: str, strict: bool = True) -> nn.Module:
-    """Load a checkpoint with the loader of the model's family (see vim.load_pretrained / deit.load_pretrained)."""
-    loader = vim.load_pretrained if model_family(model) == 'vim' else deit.load_pretrained
-    return loader(model, path, strict=strict)
 
 
 def create_model(name: str, pretrained: Union[bool, str, None] = None, **kwargs: Any) -> nn.Module:

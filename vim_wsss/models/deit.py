@@ -20,10 +20,10 @@ from timm.layers import resample_abs_pos_embed
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from .vim import (PathLike, CheckpointError, _drop_mismatched_head, _unwrap, load_checked_state_dict,
-                  read_checkpoint, resolve_pretrained_path)
+from .checkpoint import PathLike, drop_mismatched_head, load_weights
+from .vim import resolve_pretrained_path
 
-__all__ = ['AttnProbe', 'DeiT', 'checkpoint_filter_fn', 'load_pretrained', 'DEIT_MODELS']
+__all__ = ['AttnProbe', 'DeiT', 'checkpoint_filter_fn', 'DEIT_MODELS']
 
 
 class AttnProbe(nn.Dropout):
@@ -109,35 +109,17 @@ class DeiT(VisionTransformer):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: DeiT) -> Dict[str, torch.Tensor]:
-    """Adapt an official DeiT / timm ViT state dict to ``model``.
+    """Adapt an official DeiT / timm ViT state dict (unwrapped: see :mod:`vim_wsss.models.checkpoint`) to ``model``.
 
-    Unwraps ``'model'`` / ``'state_dict'``, resamples ``pos_embed`` (class token at index 0) to the model's patch
-    grid, and drops the head when ``num_classes`` differs.
+    Resamples ``pos_embed`` (class token at index 0) to the model's patch grid, and drops the head when
+    ``num_classes`` differs.
     """
-    state_dict = dict(_unwrap(state_dict))
+    state_dict = dict(state_dict)
     pos = state_dict.get('pos_embed')
     if isinstance(pos, torch.Tensor) and pos.dim() == 3 and pos.shape != model.pos_embed.shape:
         state_dict['pos_embed'] = resample_abs_pos_embed(pos, new_size=list(model.grid_size), num_prefix_tokens=1,
                                                          antialias=False)  # plain bicubic, as DeiT's own code
-    return _drop_mismatched_head(state_dict, model)
-
-
-def load_pretrained(model: DeiT, path: PathLike, strict: bool = True) -> DeiT:
-    """Load an official DeiT ``.pth`` (``ckpt['model']``) or a plain state dict into ``model``.
-
-    Args:
-        model: target model (any img_size / num_classes).
-        path: checkpoint file.
-        strict: raise on missing / unexpected keys (mis-shaped keys always raise).
-
-    Returns:
-        The model.
-    """
-    checkpoint = read_checkpoint(path)
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f'checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict.')
-    load_checked_state_dict(model, checkpoint_filter_fn(checkpoint, model), str(path), strict=strict)
-    return model
+    return drop_mismatched_head(state_dict, model)
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:
@@ -164,7 +146,7 @@ def _create_deit(variant: str, pretrained: Union[bool, PathLike, None] = False, 
     model = build_model_with_cfg(DeiT, variant, pretrained=False,
                                  feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
     if path is not None:  # features_only wraps the model in a timm FeatureGetterNet (model.model)
-        load_pretrained(model if isinstance(model, DeiT) else model.model, path)
+        load_weights(model if isinstance(model, DeiT) else model.model, path, new_head=True)
     return model
 
 

@@ -33,9 +33,11 @@ from timm.models._features import feature_take_indices
 
 from vim_wsss.ops import selective_scan
 
+from .checkpoint import CheckpointError, drop_mismatched_head, load_weights
+
 __all__ = [
     'ScanInputs', 'RMSNorm', 'PatchEmbed', 'BiMambaMixer', 'Block', 'VisionMamba', 'CheckpointError',
-    'checkpoint_filter_fn', 'load_pretrained', 'load_checked_state_dict', 'read_checkpoint', 'VIM_MODELS',
+    'checkpoint_filter_fn', 'VIM_MODELS',
 ]
 
 PathLike = Union[str, 'os.PathLike[str]']
@@ -69,10 +71,6 @@ class ScanInputs:
     D: torch.Tensor
     conv_weight: torch.Tensor
     conv_bias: torch.Tensor
-
-
-class CheckpointError(ValueError):
-    """A checkpoint does not fit the model (missing / unexpected / mis-shaped keys) or cannot be read."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -491,49 +489,6 @@ class VisionMamba(nn.Module):
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoints
 # ----------------------------------------------------------------------------------------------------------------
-def read_checkpoint(path: PathLike, trusted: bool = False) -> Dict[str, Any]:
-    """Read a ``.pth`` file (official dicts with ``args`` = argparse.Namespace included) on the CPU.
-
-    ``trusted=True`` allows full unpickling for files whose extra objects the restricted loader refuses.
-    """
-    from vim_wsss.compat.checkpoint import torch_load
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path} not found; see checkpoints/README.md for where to get it.')
-    try:
-        return torch_load(path, map_location='cpu', trusted=trusted)
-    except ValueError as err:
-        raise CheckpointError(str(err)) from err
-
-
-def _check_args(checkpoint: Dict[str, Any], source: str) -> None:
-    """Reject checkpoints whose training args say the bidirectional outputs were not averaged."""
-    args = checkpoint.get('args') if isinstance(checkpoint, dict) else None
-    values = vars(args) if hasattr(args, '__dict__') else (args if isinstance(args, dict) else {})
-    for key in ('if_divide_out', 'if_devide_out'):
-        if key in values and not values[key]:
-            raise CheckpointError(f'{source}: trained with {key}=False, but the released Vim models (and this port) '
-                                  'average the two scan directions; this checkpoint is not supported.')
-
-
-def _unwrap(state_dict: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    for key in ('model', 'state_dict'):
-        if key in state_dict and isinstance(state_dict[key], dict):
-            state_dict = state_dict[key]
-    if state_dict and all(k.startswith('module.') for k in state_dict):
-        state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
-    return state_dict
-
-
-def _drop_mismatched_head(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Drop ``head.*`` when the model's head differs (other num_classes, or none): it keeps its fresh init."""
-    own = model.state_dict()
-    head_keys = [k for k in state_dict if k.startswith('head.')]
-    if any(k not in own or own[k].shape != state_dict[k].shape for k in head_keys):
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('head.')}
-    return state_dict
-
-
 def resample_pos_embed_mid_cls(pos_embed: torch.Tensor, new_grid: Tuple[int, int],
                                old_grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Resample a middle-class-token position embedding to another patch grid.
@@ -568,75 +523,23 @@ def resample_pos_embed_mid_cls(pos_embed: torch.Tensor, new_grid: Tuple[int, int
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Any], model: 'VisionMamba') -> Dict[str, torch.Tensor]:
-    """Adapt an official Vim state dict to ``model``.
+    """Adapt an official Vim state dict (unwrapped: see :mod:`vim_wsss.models.checkpoint`) to ``model``.
 
-    Unwraps ``'model'`` / ``'state_dict'`` (and a DDP ``module.`` prefix), resamples ``pos_embed`` around the middle
-    class token when the patch grid differs, and drops the head when ``num_classes`` differs (the model's freshly
-    initialised head is kept).
+    Resamples ``pos_embed`` around the middle class token when the patch grid differs, and drops the head when
+    ``num_classes`` differs (the model's freshly initialised head is kept).
 
     Args:
-        state_dict: the loaded checkpoint or its state dict.
+        state_dict: official key names.
         model: the target model.
 
     Returns:
         A state dict with the official key names.
     """
-    state_dict = dict(_unwrap(state_dict))
+    state_dict = dict(state_dict)
     pos = state_dict.get('pos_embed')
     if isinstance(pos, torch.Tensor) and pos.dim() == 3 and pos.shape != model.pos_embed.shape:
         state_dict['pos_embed'] = resample_pos_embed_mid_cls(pos, model.grid_size)
-    return _drop_mismatched_head(state_dict, model)
-
-
-def load_checked_state_dict(model: nn.Module, state_dict: Dict[str, torch.Tensor], source: str,
-                            strict: bool = True) -> Tuple[List[str], List[str]]:
-    """Load a filtered state dict, failing with one message that lists every problem.
-
-    Args:
-        model: target model.
-        state_dict: keys and tensors to load (after the family's checkpoint_filter_fn).
-        source: name of the file, used in messages.
-        strict: raise on missing or unexpected keys (mis-shaped keys always raise). A head dropped by the filter
-            is not counted as missing.
-
-    Returns:
-        (missing keys, unexpected keys), empty when strict.
-    """
-    own = model.state_dict()
-    head_dropped = not any(k.startswith('head.') for k in state_dict)
-    missing = [k for k in own if k not in state_dict and not (head_dropped and k.startswith('head.'))]
-    unexpected = [k for k in state_dict if k not in own]
-    mis_shaped = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}'
-                  for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if mis_shaped or (strict and (missing or unexpected)):
-        lines = [f'checkpoint {source} does not fit {type(model).__name__}:']
-        for title, items in (('missing', missing), ('unexpected', unexpected), ('mis-shaped', mis_shaped)):
-            if items:
-                more = ' ...' if len(items) > 20 else ''
-                lines.append(f'  {title} ({len(items)}): ' + ', '.join(items[:20]) + more)
-        lines.append('  fix: use the model variant the checkpoint was trained as (see checkpoints/README.md).')
-        raise CheckpointError('\n'.join(lines))
-    model.load_state_dict(state_dict, strict=False)
-    return missing, unexpected
-
-
-def load_pretrained(model: 'VisionMamba', path: PathLike, strict: bool = True) -> 'VisionMamba':
-    """Load an official Vim ``.pth`` (``ckpt['model']``) or a plain state dict into ``model``.
-
-    Args:
-        model: target model (any img_size / num_classes: pos_embed is resampled, a different head is re-initialised).
-        path: checkpoint file.
-        strict: raise on missing / unexpected keys.
-
-    Returns:
-        The model.
-    """
-    checkpoint = read_checkpoint(path)
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f'checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict.')
-    _check_args(checkpoint, str(path))
-    load_checked_state_dict(model, checkpoint_filter_fn(checkpoint, model), str(path), strict=strict)
-    return model
+    return drop_mismatched_head(state_dict, model)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -701,7 +604,7 @@ def _create_vim(variant: str, pretrained: Union[bool, PathLike, None] = False, *
     model = build_model_with_cfg(VisionMamba, variant, pretrained=False,
                                  feature_cfg=dict(out_indices=out_indices, feature_cls='getter'), **kwargs)
     if path is not None:  # features_only wraps the model in a timm FeatureGetterNet (model.model)
-        load_pretrained(model if isinstance(model, VisionMamba) else model.model, path)
+        load_weights(model if isinstance(model, VisionMamba) else model.model, path, new_head=True)
     return model
 
 

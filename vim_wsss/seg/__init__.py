@@ -7,7 +7,7 @@ from vim_wsss.compat import ensure_mmseg
 
 ensure_mmseg()
 
-from .backbones import DeitBackbone, TokenBackbone, VimBackbone, load_backbone_weights  # noqa: E402
+from .backbones import DeitBackbone, TokenBackbone, VimBackbone  # noqa: E402
 from .metric import PerClassIoUMetric  # noqa: E402
 
-__all__ = ['TokenBackbone', 'VimBackbone', 'DeitBackbone', 'PerClassIoUMetric', 'load_backbone_weights']
+__all__ = ['TokenBackbone', 'VimBackbone', 'DeitBackbone', 'PerClassIoUMetric']

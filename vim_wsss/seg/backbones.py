@@ -7,48 +7,14 @@ configs use ``mode='slide'`` test-time inference with that crop size for images 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 from mmseg.registry import MODELS
 
-from vim_wsss.compat.checkpoint import torch_load
-from vim_wsss.models import create_model, deit, model_family, vim
-
-FILTERS = {'vim': vim.checkpoint_filter_fn, 'deit': deit.checkpoint_filter_fn}
-
-
-def backbone_state_dict(checkpoint: Dict) -> Dict[str, torch.Tensor]:
-    """Backbone weights from an official file, a plain state dict or a stage-1 mmengine checkpoint (no head)."""
-    state = checkpoint
-    for key in ('state_dict', 'model'):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if any(k.startswith('backbone.') for k in state):
-        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
-    return {k: v for k, v in state.items() if not k.startswith('head.')}
-
-
-def load_backbone_weights(model: nn.Module, path: str) -> nn.Module:
-    """Load backbone weights (strict apart from the head) into a ViM / DeiT model built without a head.
-
-    ``path`` is a file the user named in a config (their own checkpoint or an official release), so extra
-    pickled objects of mmengine checkpoints are allowed.
-    """
-    state = backbone_state_dict(torch_load(path, trusted=True))
-    state = FILTERS[model_family(model)](state, model)
-    state = {k: v for k, v in state.items() if not k.startswith('head.')}
-    own = {k for k in model.state_dict() if not k.startswith('head.')}
-    missing, unexpected = sorted(own - set(state)), sorted(set(state) - own)
-    if missing or unexpected:
-        raise ValueError(f'{path} does not fit {type(model).__name__}: missing {missing[:8]} '
-                         f'({len(missing)}), unexpected {unexpected[:8]} ({len(unexpected)}). Is it a checkpoint of '
-                         f'the same backbone?')
-    model.load_state_dict(state, strict=False)
-    return model
+from vim_wsss.models import create_model, load_weights
 
 
 def _rescale(x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -85,8 +51,19 @@ class TokenBackbone(BaseModule):
             raise ValueError(f'scales {scales} must give one factor per output index {self.out_indices}')
         self.scales = list(scales) if scales is not None else [1] * len(self.out_indices)
         self.norm = norm
-        if pretrained:
-            load_backbone_weights(self.model, pretrained)
+        self.pretrained = pretrained or None
+        if self.pretrained:
+            load_weights(self.model, self.pretrained, new_head=True)
+
+    def init_weights(self) -> None:
+        """mmengine init (the segmentor's Runner calls it before training), then the ``pretrained`` weights again.
+
+        ``BaseModule.init_weights`` calls the timm model's own ``init_weights``, which would re-initialise what the
+        file set at construction; loading it again afterwards makes the first iteration start from the file.
+        """
+        super().init_weights()
+        if self.pretrained:
+            load_weights(self.model, self.pretrained, new_head=True)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """``(B, 3, H, W)`` with (H, W) = img_size -> tuple of ``(B, D, gh * s, gw * s)``."""

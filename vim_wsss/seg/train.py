@@ -98,7 +98,8 @@ def test_seg(cfg: Union[PathLike, Config], checkpoint: PathLike, work_dir: PathL
         ``{'mIoU': %, 'aAcc': %, 'IoU.<class>': %, ...}`` (percentages, as mmseg reports them).
     """
     cfg = load_config(cfg, work_dir, cfg_options)
-    cfg.load_from = str(checkpoint)
+    cfg.load_from = None  # loaded strictly below, through the project's safe reader
+    cfg.model.backbone.pretrained = None  # the checkpoint holds every weight; do not read another file
     if tta:
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
@@ -106,12 +107,32 @@ def test_seg(cfg: Union[PathLike, Config], checkpoint: PathLike, work_dir: PathL
     if out_dir is not None and not crf:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         cfg.test_evaluator['output_dir'] = str(out_dir)
-    with patch_mmengine_load():  # load_from of our own mmengine checkpoint on torch >= 2.6
-        runner = _runner(cfg)
-        metrics = _crf_test(runner, out_dir) if crf else dict(runner.test())
+    runner = _runner(cfg)
+    load_segmentor(runner.model, checkpoint)
+    metrics = _crf_test(runner, out_dir) if crf else dict(runner.test())
     metrics = {k: float(v) for k, v in metrics.items()}
     atomic_save_json(Path(cfg.work_dir) / 'test_metrics.json', metrics)
     return metrics
+
+
+def load_segmentor(model: torch.nn.Module, checkpoint: PathLike) -> None:
+    """Load a train-seg checkpoint into the Runner's model, refusing one whose keys or shapes do not fit.
+
+    The model may be wrapped (TTA / DDP: ``.module``). mmengine's own ``load_from`` only logs missing keys and
+    would evaluate random weights; this raises a :class:`~vim_wsss.models.CheckpointError` listing them.
+    """
+    from vim_wsss.models.checkpoint import CheckpointError, check_state_dict, read_checkpoint
+
+    while hasattr(model, 'module'):
+        model = model.module
+    saved = read_checkpoint(checkpoint)
+    state = saved.get('state_dict', saved) if isinstance(saved, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f'checkpoint {checkpoint} holds no state dict of tensors; pass a train-seg checkpoint '
+                              f'(work_dir/iter_*.pth).')
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    check_state_dict(model, state, checkpoint)
+    model.load_state_dict(state)
 
 
 def _crf_test(runner, out_dir: Optional[PathLike]) -> Dict[str, float]:
@@ -122,7 +143,6 @@ def _crf_test(runner, out_dir: Optional[PathLike]) -> Dict[str, float]:
     from vim_wsss.metrics import SegConfusion
     from vim_wsss.wsss.refine import crf_refine
 
-    runner.load_or_resume()
     model = runner.model.eval()
     confusion = SegConfusion(len(VOC_CLASSES))
     for batch in tqdm(runner.test_dataloader, desc='test + CRF'):

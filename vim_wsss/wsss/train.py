@@ -131,7 +131,7 @@ def backbone_spec(cfg: Union[PathLike, Any]) -> Dict[str, Any]:
 
 
 def load_classifier(cfg: Union[PathLike, Any], checkpoint: PathLike, img_size: Optional[int] = None,
-                    device: Union[str, torch.device] = 'cpu') -> nn.Module:
+                    device: Union[str, torch.device] = 'cpu', trust: Optional[bool] = None) -> nn.Module:
     """The trained backbone (with its class head), ready for ``vim_wsss.explain``.
 
     Args:
@@ -139,19 +139,16 @@ def load_classifier(cfg: Union[PathLike, Any], checkpoint: PathLike, img_size: O
         checkpoint: mmengine checkpoint (``state_dict`` with ``backbone.*`` keys) or a plain backbone state dict.
         img_size: build for another input size (pos_embed resampled), e.g. for multi-scale maps.
         device: target device.
+        trust: allow types the safe loader refuses (can run code); None = ``VIM_WSSS_TRUST_CHECKPOINT``.
 
     Returns:
         The backbone in eval mode.
 
     Raises:
-        vim_wsss.models.CheckpointError: the checkpoint does not fit the config's backbone (the message lists the
-            missing / unexpected / mis-shaped keys).
+        vim_wsss.models.CheckpointError: the checkpoint cannot be read safely or does not fit the config's backbone
+            (the message lists the missing / unexpected / mis-shaped keys, or the head mismatch).
     """
-    from vim_wsss.compat.checkpoint import torch_load
-    from vim_wsss.models import CheckpointError, create_model, model_family
-    from vim_wsss.models import deit as deit_module
-    from vim_wsss.models import vim as vim_module
-    from vim_wsss.models.vim import load_checked_state_dict
+    from vim_wsss.models import create_model, load_weights
 
     spec = backbone_spec(cfg)
     kwargs = dict(spec['kwargs'])
@@ -159,17 +156,5 @@ def load_classifier(cfg: Union[PathLike, Any], checkpoint: PathLike, img_size: O
     if img_size is not None:
         kwargs['img_size'] = img_size
     model = create_model(spec['name'], num_classes=spec['num_classes'], **kwargs)
-    raw = torch_load(checkpoint, map_location='cpu', trusted=True)
-    state = raw.get('state_dict', raw) if isinstance(raw, dict) else raw
-    if not isinstance(state, dict):
-        raise CheckpointError(f'checkpoint {checkpoint} holds a {type(state).__name__}, expected a state dict.')
-    if any(k.startswith('backbone.') for k in state):
-        state = {k[len('backbone.'):]: v for k, v in state.items() if k.startswith('backbone.')}
-    head = state.get('head.weight')
-    if isinstance(head, torch.Tensor) and head.shape[0] != spec['num_classes']:
-        raise CheckpointError(f'checkpoint {checkpoint} has a {head.shape[0]}-class head but the config '
-                              f"expects {spec['num_classes']}; use the config it was trained with.")
-    family = deit_module if model_family(model) == 'deit' else vim_module
-    state = family.checkpoint_filter_fn(state, model) if img_size is not None else state
-    load_checked_state_dict(model, state, str(checkpoint), strict=True)
+    load_weights(model, checkpoint, new_head=False, trust=trust)
     return model.to(device).eval()
