@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vim_wsss.ops import (cuda_kernel_available, get_scan_impl, resolve_scan_impl, scan_impl, selective_scan,
-                          selective_scan_fast, selective_scan_ref, set_scan_impl)
+from vim_wsss.ops import (cuda_kernel_available, get_scan_impl, numba_available, resolve_scan_impl, scan_impl,
+                          selective_scan, selective_scan_fast, selective_scan_ref, set_scan_impl)
 
 NAMES = ('u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias')
 
@@ -125,7 +125,8 @@ def test_fp32_inside_autocast():
     """An autocast region (which would run matmuls/einsums in bf16) does not lower the scan's precision."""
     inputs = make_inputs(length=40, dim=32, dstate=16, seed=23)
     out_ref, g_ref = run(selective_scan_ref, inputs)
-    for fn in (selective_scan_ref, selective_scan_fast):
+    numba = [lambda *a, **k: selective_scan(*a, impl='numba', **k)] if numba_available() else []
+    for fn in [selective_scan_ref, selective_scan_fast] + numba:
         leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
         with torch.autocast('cpu', dtype=torch.bfloat16):  # forward in the region, backward outside (AMP usage)
             out = fn(**leaves, delta_softplus=True)
@@ -149,7 +150,7 @@ def test_dispatch_settings(monkeypatch):
     set_scan_impl(None)
     assert get_scan_impl() == 'auto'
     u = torch.zeros(1, 2, 3)
-    assert resolve_scan_impl(u) == ('cuda' if u.is_cuda and cuda_kernel_available() else 'fast')
+    assert resolve_scan_impl(u) == ('numba' if numba_available() else 'fast')
     monkeypatch.setenv('VIM_WSSS_SCAN', 'ref')
     assert get_scan_impl() == 'ref' and resolve_scan_impl(u) == 'ref'
     with scan_impl('fast'):

@@ -10,7 +10,7 @@ inserted at index ``M // 2`` before the absolute position embedding is added, bi
 output ``out_proj((y_f + flip(y_b)) / 2)``), RMSNorm (eps 1e-5, no bias) with the fused add+norm semantics of Vim
 (the residual stream is kept in fp32), final ``norm_f`` and a linear head on the class token. Parameter names match
 the official state dict, so ``ckpt['model']`` loads strictly. The selective scan runs through
-:func:`vim_wsss.ops.selective_scan` (reference, fast pure-PyTorch, or mamba-ssm's CUDA kernel).
+:func:`vim_wsss.ops.selective_scan` (reference, fast pure-PyTorch, compiled CPU, or mamba-ssm's CUDA kernel).
 
 Contract with :mod:`vim_wsss.explain`: :meth:`BiMambaMixer.branch_inputs` is the one place that computes the scan's
 inputs; :meth:`VisionMamba.forward_explain` returns the residual streams entering each block and every block's
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -71,6 +71,22 @@ class ScanInputs:
     D: torch.Tensor
     conv_weight: torch.Tensor
     conv_bias: torch.Tensor
+
+
+class _Branch(NamedTuple):
+    """One direction's scan inputs in the original token order, channels-last fp32 (see ``BiMambaMixer._branch``)."""
+    x: torch.Tensor
+    z: torch.Tensor
+    conv_out: torch.Tensor
+    u: torch.Tensor
+    dt: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    """``(B, L, X)`` -> ``(B, X, L)`` view."""
+    return x.transpose(1, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -177,24 +193,46 @@ class BiMambaMixer(nn.Module):
             return self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
         raise ValueError(f"direction must be 'f' or 'b', got {direction!r}")
 
-    def _branch_from_xz(self, xz: torch.Tensor, direction: str) -> ScanInputs:
-        """Scan inputs from the in_proj output ``xz`` ``(B, L, 2E)`` (forward order)."""
-        conv, x_proj, dt_proj, A_log, D = self._branch_params(direction)
-        if direction == 'b':
-            xz = xz.flip(1)
-        length = xz.shape[1]
-        E, R, N = self.d_inner, self.dt_rank, self.d_state
+    def _branch(self, xz: torch.Tensor, direction: str) -> _Branch:
+        """One direction's scan inputs in the original token order, channels-last, fp32.
+
+        Args:
+            xz: in_proj output ``(B, L, 2E)``.
+            direction: 'f' (causal conv) or 'b' (the backward scan's conv, anti-causal in the original order: the
+                causal conv of the flipped sequence, flipped back).
+
+        Returns:
+            :class:`_Branch`; ``x, z, conv_out, u, dt`` ``(B, L, E)``, ``B, C`` ``(B, L, N)``.
+        """
+        conv, x_proj, dt_proj, _, _ = self._branch_params(direction)
+        E, R, N, K = self.d_inner, self.dt_rank, self.d_state, self.d_conv
         with torch.autocast(device_type=xz.device.type, enabled=False):
-            x, z = xz.float().transpose(1, 2).chunk(2, dim=1)  # (B, E, L) each
-            conv_weight, conv_bias = conv.weight.float(), conv.bias.float()
-            conv_out = F.conv1d(x, conv_weight, conv_bias, padding=self.d_conv - 1, groups=E)[..., :length]
+            x, z = xz.float().split([E, E], dim=-1)
+            weight = conv.weight.float()[:, 0]  # (E, K), tap K-1 is the current token of the scan order
+            taps = weight.t() if direction == 'f' else weight.t().flip(0)  # (K, E) in original token order
+            pad = (0, 0, K - 1, 0) if direction == 'f' else (0, 0, 0, K - 1)
+            x_pad = F.pad(x, pad)
+            conv_out = conv.bias.float() + sum(x_pad[:, k:k + x.shape[1]] * taps[k] for k in range(K))
             u = F.silu(conv_out)
-            x_dbl = F.linear(u.transpose(1, 2), x_proj.weight.float())  # (B, L, R + 2N)
-            dt, B, C = x_dbl.split([R, N, N], dim=-1)
-            delta = F.softplus(F.linear(dt, dt_proj.weight.float(), dt_proj.bias.float()))  # (B, L, E)
-            return ScanInputs(x=x, z=z, conv_out=conv_out, u=u, delta=delta.transpose(1, 2),
-                              A=-torch.exp(A_log.float()), B=B.transpose(1, 2), C=C.transpose(1, 2), D=D.float(),
-                              conv_weight=conv_weight[:, 0], conv_bias=conv_bias)
+            dt, B, C = F.linear(u, x_proj.weight.float()).split([R, N, N], dim=-1)
+            dt = F.linear(dt, dt_proj.weight.float())  # (B, L, E), bias added inside the scan
+        return _Branch(x=x, z=z, conv_out=conv_out, u=u, dt=dt, B=B, C=C)
+
+    def _scan_inputs(self, br: _Branch, direction: str) -> ScanInputs:
+        """:class:`ScanInputs` (channels first, flipped token order for 'b') of a :class:`_Branch`."""
+        conv, _, dt_proj, A_log, D = self._branch_params(direction)
+        seq = {k: _channels_first(v.flip(1) if direction == 'b' else v) for k, v in br._asdict().items()}
+        delta = seq.pop('dt') + dt_proj.bias.float()[:, None]
+        return ScanInputs(**seq, delta=F.softplus(delta), A=-torch.exp(A_log.float()), D=D.float(),
+                          conv_weight=conv.weight.float()[:, 0], conv_bias=conv.bias.float())
+
+    def _scan_branch(self, br: _Branch, direction: str) -> torch.Tensor:
+        """``(C.h + D u) * SiLU(z)`` of one direction in the original token order, ``(B, E, L)`` fp32: softplus(dt +
+        bias) is done by the scan, and the backward direction scans in reverse instead of flipping tensors."""
+        _, _, dt_proj, A_log, D = self._branch_params(direction)
+        u, dt, B, C, z = (_channels_first(v) for v in (br.u, br.dt, br.B, br.C, br.z))
+        return selective_scan(u, dt, -torch.exp(A_log.float()), B, C, D.float(), z, delta_bias=dt_proj.bias.float(),
+                              delta_softplus=True, reverse=direction == 'b')
 
     def branch_inputs(self, hidden: torch.Tensor, direction: str) -> ScanInputs:
         """Compute one direction's scan inputs.
@@ -206,7 +244,7 @@ class BiMambaMixer(nn.Module):
         Returns:
             :class:`ScanInputs` (fp32).
         """
-        return self._branch_from_xz(self.in_proj(hidden), direction)
+        return self._scan_inputs(self._branch(self.in_proj(hidden), direction), direction)
 
     @staticmethod
     def scan(inputs: ScanInputs) -> torch.Tensor:
@@ -225,12 +263,11 @@ class BiMambaMixer(nn.Module):
             ``(B, L, D)`` output in ``out_proj``'s dtype, or ``(output, internals)``.
         """
         xz = self.in_proj(hidden)
-        fwd = self._branch_from_xz(xz, 'f')
-        bwd = self._branch_from_xz(xz, 'b')
-        y = (self.scan(fwd) + self.scan(bwd).flip(-1)) / 2
+        branches = {d: self._branch(xz, d) for d in ('f', 'b')}
+        y = (self._scan_branch(branches['f'], 'f') + self._scan_branch(branches['b'], 'b')) / 2
         out = self.out_proj(y.transpose(1, 2).to(self.out_proj.weight.dtype))
         if return_internals:
-            return out, {'f': fwd, 'b': bwd}
+            return out, {d: self._scan_inputs(br, d) for d, br in branches.items()}
         return out
 
 

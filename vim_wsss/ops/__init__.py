@@ -1,8 +1,10 @@
-"""Numerical kernels: the selective scan (S6) with reference, fast pure-PyTorch and CUDA implementations."""
+"""Numerical kernels: the selective scan (S6) with reference, fast pure-PyTorch, compiled CPU (numba) and CUDA
+implementations. ``vim_wsss.ops.scan_numba`` is imported on first use (it imports numba)."""
 from .selective_scan import (
     SCAN_IMPLS,
     cuda_kernel_available,
     get_scan_impl,
+    numba_available,
     resolve_scan_impl,
     scan_impl,
     selective_scan,
@@ -13,6 +15,6 @@ from .selective_scan import (
 )
 
 __all__ = [
-    'SCAN_IMPLS', 'cuda_kernel_available', 'get_scan_impl', 'resolve_scan_impl', 'scan_impl', 'selective_scan',
-    'selective_scan_cuda', 'selective_scan_fast', 'selective_scan_ref', 'set_scan_impl',
+    'SCAN_IMPLS', 'cuda_kernel_available', 'get_scan_impl', 'numba_available', 'resolve_scan_impl', 'scan_impl',
+    'selective_scan', 'selective_scan_cuda', 'selective_scan_fast', 'selective_scan_ref', 'set_scan_impl',
 ]

@@ -1,6 +1,6 @@
 """Selective scan (the S6 recurrence of Mamba) behind one dispatch point.
 
-Three implementations share the signature and semantics of mamba-ssm's ``selective_scan_ref``
+Four implementations share the signature and semantics of mamba-ssm's ``selective_scan_ref``
 (https://github.com/state-spaces/mamba, ``mamba_ssm/ops/selective_scan_interface.py``)::
 
     delta = softplus(delta + delta_bias)          (each step optional)
@@ -17,17 +17,24 @@ Everything is accumulated in fp32; the output has u's dtype.
   so the per-step update is one ``addcmul_`` on a contiguous slice and ``y`` is one batched matmul per chunk); only
   the states at chunk boundaries are kept for backward, which recomputes each chunk and runs the adjoint recurrence
   in reverse. Same arithmetic as the reference, so it agrees to fp32 rounding.
+* ``'numba'`` :func:`vim_wsss.ops.scan_numba.selective_scan_numba`, a compiled CPU kernel (forward and backward,
+  parallel over batch x channel blocks, compile-once disk cache; see that module for compile time and threads).
 * ``'cuda'`` mamba-ssm's ``selective_scan_fn`` kernel, used when it is importable and the tensors are on CUDA.
 
-Choose with :func:`set_scan_impl` (``'auto' | 'ref' | 'fast' | 'cuda'``), the environment variable ``VIM_WSSS_SCAN``,
-the context manager :func:`scan_impl`, or the ``impl`` argument of :func:`selective_scan`. ``'auto'`` picks the CUDA
-kernel for CUDA tensors when it is installed and ``'fast'`` otherwise.
+Choose with :func:`set_scan_impl` (``'auto' | 'ref' | 'fast' | 'numba' | 'cuda'``), the environment variable
+``VIM_WSSS_SCAN``, the context manager :func:`scan_impl`, or the ``impl`` argument of :func:`selective_scan`.
+``'auto'`` picks the CUDA kernel for CUDA tensors when it is installed, ``'numba'`` for CPU tensors when numba imports
+(else ``'fast'``, with a one-time warning giving the import error), and ``'fast'`` otherwise.
+
+``selective_scan(..., reverse=True)`` scans from the last token to the first (the ViM backward direction); the numba
+kernel does this natively, the other implementations flip their sequence inputs and output.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import warnings
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
@@ -35,10 +42,11 @@ import torch.nn.functional as F
 
 __all__ = [
     'selective_scan', 'selective_scan_ref', 'selective_scan_fast', 'selective_scan_cuda',
-    'set_scan_impl', 'get_scan_impl', 'resolve_scan_impl', 'scan_impl', 'cuda_kernel_available', 'SCAN_IMPLS',
+    'set_scan_impl', 'get_scan_impl', 'resolve_scan_impl', 'scan_impl', 'cuda_kernel_available', 'numba_available',
+    'SCAN_IMPLS',
 ]
 
-SCAN_IMPLS = ('auto', 'ref', 'fast', 'cuda')
+SCAN_IMPLS = ('auto', 'ref', 'fast', 'numba', 'cuda')
 ENV_VAR = 'VIM_WSSS_SCAN'
 CUDA_INSTALL_HINT = (
     "mamba-ssm's CUDA selective-scan kernel is not available. It needs a CUDA build of torch and nvcc; install with\n"
@@ -50,6 +58,8 @@ CUDA_INSTALL_HINT = (
 _impl_override: Optional[str] = None
 _cuda_fn: Optional[Callable] = None
 _cuda_checked = False
+_numba_fn: Optional[Callable] = None
+_numba_error: Optional[str] = None  # why numba could not be imported, once tried
 
 ScanOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -68,7 +78,7 @@ def set_scan_impl(name: Optional[str]) -> None:
     """Set the process-wide scan implementation.
 
     Args:
-        name: 'auto', 'ref', 'fast' or 'cuda'; None goes back to the environment variable ``VIM_WSSS_SCAN``
+        name: 'auto', 'ref', 'fast', 'numba' or 'cuda'; None goes back to the environment variable ``VIM_WSSS_SCAN``
             (default 'auto').
     """
     global _impl_override
@@ -78,11 +88,13 @@ def set_scan_impl(name: Optional[str]) -> None:
     name = _validate_name(name, 'set_scan_impl')
     if name == 'cuda' and not cuda_kernel_available():
         raise RuntimeError(CUDA_INSTALL_HINT)
+    if name == 'numba' and not numba_available():
+        raise RuntimeError(_numba_hint())
     _impl_override = name
 
 
 def get_scan_impl() -> str:
-    """Return the configured implementation name ('auto', 'ref', 'fast' or 'cuda'), before resolving 'auto'."""
+    """Return the configured implementation name (one of ``SCAN_IMPLS``), before resolving 'auto'."""
     if _impl_override is not None:
         return _impl_override
     return _validate_name(os.environ.get(ENV_VAR, 'auto') or 'auto', f'environment variable {ENV_VAR}')
@@ -121,6 +133,35 @@ def cuda_kernel_available() -> bool:
     return torch.cuda.is_available() and _load_cuda_kernel() is not None
 
 
+def _load_numba_kernel() -> Optional[Callable]:
+    global _numba_fn, _numba_error
+    if _numba_fn is None and _numba_error is None:
+        try:
+            from .scan_numba import selective_scan_numba
+        except Exception as err:  # ImportError, or a broken numba/llvmlite install
+            _numba_error = f'{type(err).__name__}: {err}'
+        else:
+            _numba_fn = selective_scan_numba
+    return _numba_fn
+
+
+def numba_available() -> bool:
+    """True when the compiled CPU scan (numba) can be imported."""
+    return _load_numba_kernel() is not None
+
+
+def _numba_hint() -> str:
+    return (f"the compiled CPU scan needs numba ({_numba_error}); install it with `pip install numba==0.68.1` "
+            f"(requirements.txt), or use scan impl 'fast' (pure PyTorch), e.g. VIM_WSSS_SCAN=fast.")
+
+
+def _auto_cpu_impl() -> str:
+    if numba_available():
+        return 'numba'
+    warnings.warn(f"selective scan 'auto' uses 'fast' on CPU: {_numba_hint()}", RuntimeWarning, stacklevel=3)
+    return 'fast'
+
+
 def resolve_scan_impl(u: torch.Tensor, impl: Optional[str] = None) -> str:
     """Resolve the implementation used for a tensor: ``impl`` or the global choice, with 'auto' made concrete.
 
@@ -129,11 +170,19 @@ def resolve_scan_impl(u: torch.Tensor, impl: Optional[str] = None) -> str:
         impl: explicit name, or None for :func:`get_scan_impl`.
 
     Returns:
-        'ref', 'fast' or 'cuda'.
+        'ref', 'fast', 'numba' or 'cuda'. 'auto' is 'cuda' for CUDA tensors with mamba-ssm installed, 'numba' for CPU
+        tensors when numba imports (else 'fast', warning once why), 'fast' otherwise.
     """
     name = get_scan_impl() if impl is None else _validate_name(impl, 'selective_scan(impl=...)')
     if name == 'auto':
-        return 'cuda' if u.is_cuda and _load_cuda_kernel() is not None else 'fast'
+        if u.is_cuda:
+            return 'cuda' if _load_cuda_kernel() is not None else 'fast'
+        return _auto_cpu_impl() if u.device.type == 'cpu' else 'fast'
+    if name == 'numba':
+        if _load_numba_kernel() is None:
+            raise RuntimeError(_numba_hint())
+        if u.device.type != 'cpu':
+            raise RuntimeError("selective scan impl 'numba' needs CPU tensors; use 'auto' for CUDA tensors.")
     if name == 'cuda':
         if _load_cuda_kernel() is None:
             raise RuntimeError(CUDA_INSTALL_HINT)
@@ -429,22 +478,42 @@ def selective_scan_cuda(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B
               delta_softplus=delta_softplus, return_last_state=return_last_state)
 
 
-_IMPL_FUNCTIONS = {'ref': selective_scan_ref, 'fast': selective_scan_fast, 'cuda': selective_scan_cuda}
+def _flip_time(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if x is None else x.flip(-1)
+
+
+def _numba_entry(*args, **kwargs) -> ScanOutput:
+    return _load_numba_kernel()(*args, **kwargs)
+
+
+_IMPL_FUNCTIONS = {'ref': selective_scan_ref, 'fast': selective_scan_fast, 'numba': _numba_entry,
+                   'cuda': selective_scan_cuda}
+_NATIVE_REVERSE = ('numba',)
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
                    delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
-                   impl: Optional[str] = None, return_last_state: bool = False) -> ScanOutput:
+                   impl: Optional[str] = None, return_last_state: bool = False, reverse: bool = False) -> ScanOutput:
     """Selective scan through the configured implementation (see the module docstring).
 
     Args:
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state: as in :func:`selective_scan_ref`.
-        impl: 'auto', 'ref', 'fast' or 'cuda'; None uses :func:`get_scan_impl`.
+        impl: one of ``SCAN_IMPLS``; None uses :func:`get_scan_impl`.
+        reverse: scan from token L-1 down to 0, i.e. ``flip(scan(flip(inputs)))`` along L; the last state is the one
+            after token 0.
 
     Returns:
         out ``(B, E, L)`` in u's dtype, or ``(out, last_state)``.
     """
-    fn = _IMPL_FUNCTIONS[resolve_scan_impl(u, impl)]
-    return fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-              return_last_state=return_last_state)
+    name = resolve_scan_impl(u, impl)
+    fn = _IMPL_FUNCTIONS[name]
+    kwargs = dict(D=D, delta_bias=delta_bias, delta_softplus=delta_softplus, return_last_state=return_last_state)
+    if not reverse:
+        return fn(u, delta, A, B, C, z=z, **kwargs)
+    if name in _NATIVE_REVERSE:
+        return fn(u, delta, A, B, C, z=z, reverse=True, **kwargs)
+    result = fn(*map(_flip_time, (u, delta)), A, *map(_flip_time, (B, C)), z=_flip_time(z), **kwargs)
+    if return_last_state:
+        return result[0].flip(-1), result[1]
+    return result.flip(-1)

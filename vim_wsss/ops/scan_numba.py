@@ -1,0 +1,421 @@
+"""Compiled CPU selective scan (numba), forward and backward, behind :func:`vim_wsss.ops.selective_scan` as 'numba'.
+
+Same semantics and arguments as :func:`vim_wsss.ops.selective_scan_ref` (D skip, SiLU(z) gate, delta bias and
+softplus, ``return_last_state``) plus ``reverse``: scan from the last token to the first, as the flipped-sequence
+scan of the backward direction, without flipping any tensor. Everything is computed in fp32 (fp64 / bf16 / fp16
+inputs are converted, as the reference does); the output has u's dtype.
+
+Kernel layout: one job per (batch, block of ``BLOCK`` channels), jobs run in parallel (``numba.prange``); each job
+walks the sequence with its ``(N, BLOCK)`` state in a thread-local buffer, channels innermost so every update is a
+vector operation. Time-major, channels-last copies ``(B, L, E)`` of the inputs are made once per call (free when the
+caller's tensors are already channels-last views, as the ViM mixer's are). ``exp`` is a vectorisable polynomial
+(Cody-Waite range reduction, degree-7 Taylor, ~6e-8 relative error) because LLVM cannot vectorise libm's. The
+forward keeps the state every ``CHUNK`` steps; the backward recomputes each chunk from it and runs the adjoint
+recurrence in reverse, so training memory is about one ``(B, E, L)`` tensor per scan.
+
+Compile time: the kernels compile on first use (a few seconds) and are cached on disk (``cache=True``, in
+``__pycache__`` beside this file, or numba's user cache dir when that is read-only; ``NUMBA_CACHE_DIR`` moves it);
+later processes load them in well under a second. There is one compiled signature per kernel: every argument is
+converted to C-contiguous fp32 and absent optional inputs are passed as placeholders.
+
+Threads: each call runs on ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)`` numba threads, so
+``torch.set_num_threads`` (or ``OMP_NUM_THREADS``) governs both libraries and they do not oversubscribe the cores;
+``NUMBA_NUM_THREADS`` caps numba's pool at start-up. Numba picks its threading layer itself (tbb, omp or workqueue;
+``NUMBA_THREADING_LAYER`` overrides it); the workqueue layer does not allow calls from several Python threads at once.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+BLOCK = 64  # channels per job (4 AVX-512 / 8 AVX2 vectors)
+CHUNK = 16  # steps between saved states; the backward recomputes one chunk at a time
+
+_JIT = dict(cache=True, fastmath=True, nogil=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# vectorisable elementwise functions (fp32)
+# ----------------------------------------------------------------------------------------------------------------
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    """Reinterpret an int32 as a float32 (LLVM bitcast, vectorises)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(inline='always', **_JIT)
+def _exp(x):
+    """exp(x) for fp32 x: 2^k * p(r), r = x - k ln2 in [-ln2/2, ln2/2]; inputs are clamped to [-87, 88]."""
+    x = min(max(x, np.float32(-87.0)), np.float32(88.0))
+    k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = (x - k * np.float32(0.693145751953125)) - k * np.float32(1.428606765330187e-06)
+    p = np.float32(1.0 / 5040.0)
+    p = p * r + np.float32(1.0 / 720.0)
+    p = p * r + np.float32(1.0 / 120.0)
+    p = p * r + np.float32(1.0 / 24.0)
+    p = p * r + np.float32(1.0 / 6.0)
+    p = p * r + np.float32(0.5)
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    return p * _f32_from_bits((np.int32(k) + np.int32(127)) << np.int32(23))
+
+
+@njit(inline='always', **_JIT)
+def _log1p_unit(v):
+    """log(1 + v) for v in [0, 1]: 2 atanh(s), s = v / (2 + v) <= 1/3, odd series to s^13."""
+    s = v / (np.float32(2.0) + v)
+    s2 = s * s
+    p = np.float32(1.0 / 13.0)
+    p = p * s2 + np.float32(1.0 / 11.0)
+    p = p * s2 + np.float32(1.0 / 9.0)
+    p = p * s2 + np.float32(1.0 / 7.0)
+    p = p * s2 + np.float32(1.0 / 5.0)
+    p = p * s2 + np.float32(1.0 / 3.0)
+    p = p * s2 + np.float32(1.0)
+    return np.float32(2.0) * s * p
+
+
+@njit(inline='always', **_JIT)
+def _softplus(x):
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), accurate for all x."""
+    return max(x, np.float32(0.0)) + _log1p_unit(_exp(-abs(x)))
+
+
+@njit(inline='always', **_JIT)
+def _sigmoid(x):
+    return np.float32(1.0) / (np.float32(1.0) + _exp(-x))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# kernels. Sequence inputs are flat fp32 buffers of logical (B, X, L) arrays with element strides
+# ``strides[row] = (batch, channel, time)``, rows U, DELTA, Z, BMAT, CMAT, DOUT, so any layout is read without a copy.
+# Per job they are staged chunk by chunk into (CHUNK, BLOCK) / (CHUNK, N) local buffers (zero-padded lanes).
+# Outputs (B, L, E) and checkpoints are C-contiguous.
+# ----------------------------------------------------------------------------------------------------------------
+U, DELTA, Z, BMAT, CMAT, DOUT = range(6)
+
+
+@njit(inline='always', **_JIT)
+def _stage(x, st, b, c0, w, i0, steps, length, reverse, buf):
+    """buf[j, c] = x[b, c0 + c, t_j] for c < w, j < steps, with t_j the j-th step of the chunk in scan order."""
+    base = b * st[0] + c0 * st[1]
+    for c in range(w):
+        for j in range(steps):
+            t = length - 1 - (i0 + j) if reverse else i0 + j
+            buf[j, c] = x[base + c * st[1] + t * st[2]]
+
+
+@njit(inline='always', **_JIT)
+def _block_vector(v, e0, w):
+    """(BLOCK,) zero-padded copy of v[e0:e0 + w]."""
+    out = np.zeros(BLOCK, np.float32)
+    for e in range(w):
+        out[e] = v[e0 + e]
+    return out
+
+
+@njit(inline='always', **_JIT)
+def _block_A(A_t, e0, w):
+    """(N, BLOCK) zero-padded copy of A_t's channels e0..e0+w."""
+    Ab = np.zeros((A_t.shape[0], BLOCK), np.float32)
+    for n in range(A_t.shape[0]):
+        for e in range(w):
+            Ab[n, e] = A_t[n, e0 + e]
+    return Ab
+
+
+@njit(inline='always', **_JIT)
+def _stage_chunk(u, dt, z, Bm, Cm, strides, b, e0, w, i0, steps, length, reverse, softplus, has_z, bias,
+                 ub, raw, dts, dtus, zb, Bb, Cb):
+    """Stage one chunk: u, raw = dt + bias, delta = softplus(raw), delta * u, z (CHUNK, BLOCK) and B, C rows."""
+    _stage(u, strides[U], b, e0, w, i0, steps, length, reverse, ub)
+    _stage(dt, strides[DELTA], b, e0, w, i0, steps, length, reverse, raw)
+    if has_z:
+        _stage(z, strides[Z], b, e0, w, i0, steps, length, reverse, zb)
+    _stage(Bm, strides[BMAT], b, 0, Bb.shape[1], i0, steps, length, reverse, Bb)
+    _stage(Cm, strides[CMAT], b, 0, Cb.shape[1], i0, steps, length, reverse, Cb)
+    for j in range(steps):
+        for e in range(BLOCK):
+            d = raw[j, e] + bias[e]
+            raw[j, e] = d
+            if softplus:
+                d = _softplus(d)
+            dts[j, e] = d
+            dtus[j, e] = d * ub[j, e]
+
+
+@njit(inline='always', **_JIT)
+def _step(h, Ab, dtv, dtu, bn_row, cn_row, y):
+    """One recurrence step on an (N, BLOCK) state; y receives C.h."""
+    for e in range(BLOCK):
+        y[e] = 0.0
+    for n in range(h.shape[0]):
+        bn = bn_row[n]
+        cn = cn_row[n]
+        for e in range(BLOCK):
+            hv = _exp(dtv[e] * Ab[n, e]) * h[n, e] + dtu[e] * bn
+            h[n, e] = hv
+            y[e] += cn * hv
+
+
+@njit(inline='always', **_JIT)
+def _step_keep(h_prev, h, Ab, dtv, dtu, bn_row, cn_row, decay, y):
+    """Recurrence step keeping its factors: h = decay * h_prev + dtu * B with decay = exp(delta A) (N, BLOCK) each;
+    y receives C.h."""
+    for e in range(BLOCK):
+        y[e] = 0.0
+    for n in range(h.shape[0]):
+        bn = bn_row[n]
+        cn = cn_row[n]
+        for e in range(BLOCK):
+            a = _exp(dtv[e] * Ab[n, e])
+            decay[n, e] = a
+            hv = a * h_prev[n, e] + dtu[e] * bn
+            h[n, e] = hv
+            y[e] += cn * hv
+
+
+@njit(parallel=True, **_JIT)
+def _scan_fwd(u, dt, z, Bm, Cm, strides, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last):
+    """Forward scan. Writes out (B, L, E), ckpt (B, n_chunks, N, E) (the state before every CHUNK-th step, in scan
+    order) and last (B, E, N)."""
+    nb, length, dim = out.shape
+    dstate = A_t.shape[0]
+    nblk = (dim + BLOCK - 1) // BLOCK
+    for job in prange(nb * nblk):
+        b = job // nblk
+        e0 = (job % nblk) * BLOCK
+        w = min(BLOCK, dim - e0)
+        Ab, Db, biasb = _block_A(A_t, e0, w), _block_vector(D, e0, w), _block_vector(bias, e0, w)
+        h = np.zeros((dstate, BLOCK), np.float32)
+        bufs = np.zeros((5, CHUNK, BLOCK), np.float32)
+        ub, raw, dts, dtus, zb = bufs[0], bufs[1], bufs[2], bufs[3], bufs[4]
+        Bb, Cb = np.zeros((CHUNK, dstate), np.float32), np.zeros((CHUNK, dstate), np.float32)
+        y = np.empty(BLOCK, np.float32)
+        for k in range(ckpt.shape[1]):
+            i0 = k * CHUNK
+            steps = min(CHUNK, length - i0)
+            for n in range(dstate):
+                for e in range(w):
+                    ckpt[b, k, n, e0 + e] = h[n, e]
+            _stage_chunk(u, dt, z, Bm, Cm, strides, b, e0, w, i0, steps, length, reverse, softplus, has_z, biasb,
+                         ub, raw, dts, dtus, zb, Bb, Cb)
+            for j in range(steps):
+                t = length - 1 - (i0 + j) if reverse else i0 + j
+                _step(h, Ab, dts[j], dtus[j], Bb[j], Cb[j], y)
+                for e in range(w):
+                    o = y[e] + Db[e] * ub[j, e]
+                    if has_z:
+                        o = o * zb[j, e] * _sigmoid(zb[j, e])
+                    out[b, t, e0 + e] = o
+        for n in range(dstate):
+            for e in range(w):
+                last[b, e0 + e, n] = h[n, e]
+
+
+@njit(inline='always', **_JIT)
+def _gate_grads(go_row, u_row, z_row, y_row, Db, has_z, g, dz_row, dD):
+    """Gradient through out = (y + D u) * SiLU(z), y = C.h: g = dL/d(y + D u), dz_row = dL/dz; accumulates dD."""
+    for e in range(BLOCK):
+        go = go_row[e]
+        if has_z:
+            zv = z_row[e]
+            sig = _sigmoid(zv)
+            dz_row[e] = go * (y_row[e] + Db[e] * u_row[e]) * sig * (np.float32(1.0) + zv * (np.float32(1.0) - sig))
+            go = go * zv * sig
+        g[e] = go
+        dD[e] += go * u_row[e]
+
+
+@njit(inline='always', **_JIT)
+def _adjoint_step(lam, h_prev, h_cur, decay, Ab, dtv, dtu, g, bn_row, cn_row, dA, sB, ddt, dB_row, dC_row):
+    """Adjoint of one step. lam (N, BLOCK) enters as dL/dh_t from later steps and leaves as the part of dL/dh_{t-1}
+    that flows through h_t. Accumulates dA; writes sB = dL/d(delta u), ddt (through exp(delta A)), dB_t, dC_t."""
+    for e in range(BLOCK):
+        sB[e] = 0.0
+        ddt[e] = 0.0
+    for n in range(lam.shape[0]):
+        bn = bn_row[n]
+        cn = cn_row[n]
+        acc_b = np.float32(0.0)
+        acc_c = np.float32(0.0)
+        for e in range(BLOCK):
+            acc_c += h_cur[n, e] * g[e]
+            lv = lam[n, e] + cn * g[e]
+            acc_b += lv * dtu[e]
+            sB[e] += lv * bn
+            q = lv * h_prev[n, e] * decay[n, e]
+            dA[n, e] += q * dtv[e]
+            ddt[e] += q * Ab[n, e]
+            lam[n, e] = lv * decay[n, e]
+        dB_row[n] = acc_b
+        dC_row[n] = acc_c
+
+
+@njit(parallel=True, **_JIT)
+def _scan_bwd(u, dt, z, Bm, Cm, dout, strides, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+              du, ddelta, dz, dA_part, dD_part, dB_part, dC_part):
+    """Backward scan. Writes du, ddelta (w.r.t. the raw delta), dz (B, L, E) and per-job partial sums dA_part (B, N, E),
+    dD_part (B, E), dB_part, dC_part (B, n_blocks, L, N)."""
+    nb, length, dim = du.shape
+    dstate = A_t.shape[0]
+    nblk = (dim + BLOCK - 1) // BLOCK
+    for job in prange(nb * nblk):
+        b = job // nblk
+        blk = job % nblk
+        e0 = blk * BLOCK
+        w = min(BLOCK, dim - e0)
+        Ab, Db, biasb = _block_A(A_t, e0, w), _block_vector(D, e0, w), _block_vector(bias, e0, w)
+        hs = np.zeros((CHUNK + 1, dstate, BLOCK), np.float32)
+        decays = np.empty((CHUNK, dstate, BLOCK), np.float32)
+        bufs = np.zeros((8, CHUNK, BLOCK), np.float32)
+        ub, raw, dts, dtus, zb, gob, dzb, ys = bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], bufs[6], bufs[7]
+        Bb, Cb = np.zeros((CHUNK, dstate), np.float32), np.zeros((CHUNK, dstate), np.float32)
+        lam, dA = np.zeros((dstate, BLOCK), np.float32), np.zeros((dstate, BLOCK), np.float32)
+        vecs = np.zeros((4, BLOCK), np.float32)
+        dD, g, sB, ddt = vecs[0], vecs[1], vecs[2], vecs[3]
+        for n in range(dstate):
+            for e in range(w):
+                lam[n, e] = dlast[b, e0 + e, n]
+        for k in range(ckpt.shape[1] - 1, -1, -1):
+            i0 = k * CHUNK
+            steps = min(CHUNK, length - i0)
+            for n in range(dstate):
+                for e in range(w):
+                    hs[0, n, e] = ckpt[b, k, n, e0 + e]
+            _stage_chunk(u, dt, z, Bm, Cm, strides, b, e0, w, i0, steps, length, reverse, softplus, has_z, biasb,
+                         ub, raw, dts, dtus, zb, Bb, Cb)
+            _stage(dout, strides[DOUT], b, e0, w, i0, steps, length, reverse, gob)
+            for j in range(steps):
+                _step_keep(hs[j], hs[j + 1], Ab, dts[j], dtus[j], Bb[j], Cb[j], decays[j], ys[j])
+            for j in range(steps - 1, -1, -1):
+                t = length - 1 - (i0 + j) if reverse else i0 + j
+                _gate_grads(gob[j], ub[j], zb[j], ys[j], Db, has_z, g, dzb[j], dD)
+                _adjoint_step(lam, hs[j], hs[j + 1], decays[j], Ab, dts[j], dtus[j], g, Bb[j], Cb[j], dA, sB, ddt,
+                              dB_part[b, blk, t], dC_part[b, blk, t])
+                for e in range(w):
+                    du[b, t, e0 + e] = Db[e] * g[e] + sB[e] * dts[j, e]
+                    grad = ddt[e] + sB[e] * ub[j, e]
+                    if softplus:
+                        grad = grad * _sigmoid(raw[j, e])
+                    ddelta[b, t, e0 + e] = grad
+                    dz[b, t, e0 + e] = dzb[j, e]
+        for n in range(dstate):
+            for e in range(w):
+                dA_part[b, n, e0 + e] = dA[n, e]
+        for e in range(w):
+            dD_part[b, e0 + e] = dD[e]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# torch wrapper
+# ----------------------------------------------------------------------------------------------------------------
+def _flat(x: torch.Tensor) -> Tuple[np.ndarray, Tuple[int, int, int]]:
+    """A (B, X, L) tensor as a flat fp32 array over its memory span and its element strides (no copy for fp32)."""
+    x = x.detach().float()
+    if any(st < 0 for st in x.stride()):
+        x = x.contiguous()
+    span = 1 + sum((size - 1) * st for size, st in zip(x.shape, x.stride()))
+    return x.as_strided((span,), (1,)).numpy(), tuple(x.stride())
+
+
+def _vector(x: Optional[torch.Tensor], dim: int) -> np.ndarray:
+    """``(E,)`` fp32, zeros when x is None (D = 0 and delta_bias = 0 are the absent values)."""
+    if x is None:
+        return np.zeros(dim, np.float32)
+    return x.detach().float().contiguous().numpy()
+
+
+def _sequences(u, delta, z, B, C, dout) -> Tuple[list, np.ndarray]:
+    """Flat arrays of the (B, X, L) inputs (placeholders for absent z / dout) and their (6, 3) stride table."""
+    arrays, strides = [], np.zeros((6, 3), np.int64)
+    for row, x in enumerate((u, delta, z, B, C, dout)):
+        if x is None:
+            arrays.append(np.zeros(1, np.float32))
+            continue
+        array, strides[row] = _flat(x)
+        arrays.append(array)
+    return arrays, strides
+
+
+def _set_threads() -> None:
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+class _NumbaScanFn(torch.autograd.Function):
+    """Selective scan through the numba kernels, analytic backward."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse):
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.flags = (bool(delta_softplus), z is not None, bool(reverse))
+        arrays, strides = _sequences(u, delta, z, B, C, None)
+        params = (A.detach().float().t().contiguous().numpy(), _vector(D, dim), _vector(delta_bias, dim))
+        out = np.empty((batch, length, dim), np.float32)
+        ckpt = torch.empty(batch, math.ceil(length / CHUNK), dstate, dim)
+        last = np.empty((batch, dim, dstate), np.float32)
+        _set_threads()
+        _scan_fwd(*arrays[:5], strides, *params, *ctx.flags, out, ckpt.numpy(), last)
+        ctx.ckpt = ckpt
+        result = torch.from_numpy(out).transpose(1, 2).to(u.dtype)
+        if return_last_state:
+            return result, torch.from_numpy(last)
+        return result
+
+    @staticmethod
+    def backward(ctx, dout, *rest):
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        batch, dim, length = u.shape
+        dstate = A.shape[1]
+        nblk = math.ceil(dim / BLOCK)
+        dlast = rest[0] if rest and rest[0] is not None else torch.zeros(batch, dim, dstate)
+        arrays, strides = _sequences(u, delta, z, B, C, dout)
+        params = (A.detach().float().t().contiguous().numpy(), _vector(D, dim), _vector(delta_bias, dim))
+        grads = [np.empty((batch, length, dim), np.float32) for _ in range(3)]  # du, ddelta, dz
+        dA_part = np.empty((batch, dstate, dim), np.float32)
+        dD_part = np.empty((batch, dim), np.float32)
+        dBC_part = [np.zeros((batch, nblk, length, dstate), np.float32) for _ in range(2)]
+        _set_threads()
+        _scan_bwd(*arrays, strides, *params, *ctx.flags, dlast.detach().float().contiguous().numpy(),
+                  ctx.ckpt.numpy(), *grads, dA_part, dD_part, *dBC_part)
+        du, ddelta, dz = (torch.from_numpy(g).transpose(1, 2) for g in grads)
+        dB, dC = (torch.from_numpy(p).sum(dim=1).transpose(1, 2) for p in dBC_part)
+        values = (du, ddelta, torch.from_numpy(dA_part).sum(dim=0).t(), dB, dC, torch.from_numpy(dD_part).sum(dim=0),
+                  dz, ddelta.sum(dim=(0, 2)))
+        inputs = (u, delta, A, B, C, D, z, delta_bias)
+        return tuple(None if x is None else g.to(x.dtype) for g, x in zip(values, inputs)) + (None,) * 3
+
+
+def selective_scan_numba(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                         D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
+                         delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
+                         return_last_state: bool = False, reverse: bool = False
+                         ) -> torch.Tensor | Tuple[torch.Tensor, torch.Tensor]:
+    """Compiled CPU selective scan; same arguments and results as ``selective_scan_ref``.
+
+    Args:
+        u, delta, z: ``(B, E, L)`` CPU tensors (any strides; channels-last views avoid a copy).
+        A: ``(E, N)`` real. B, C: ``(B, N, L)``. D, delta_bias: ``(E,)`` or None.
+        delta_softplus, return_last_state: as in the reference.
+        reverse: scan from token L-1 down to 0 (equals flipping every sequence input and the output).
+
+    Returns:
+        out ``(B, E, L)`` in u's dtype, or ``(out, last_state (B, E, N) fp32)``.
+    """
+    if u.device.type != 'cpu':
+        raise RuntimeError("selective scan impl 'numba' runs on CPU tensors; use 'auto' for CUDA tensors.")
+    return _NumbaScanFn.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, reverse)
