@@ -279,12 +279,13 @@ def test_make_pseudo_without_steps_is_thresholding_and_resumes(cache, synthetic_
         data = load_map_file(map_path(cache['dir'], name))
         expected = seeds_from_maps(upsample_maps(data['maps'], tuple(data['size'])), data['classes'], 0.45)
         np.testing.assert_array_equal(read_mask(out / f'{name}.png'), expected)
-    assert json.loads((out / 'pseudo_meta.json').read_text())['total'] == 15
+    meta = json.loads((out / 'pseudo_meta.json').read_text())  # the parameters, incl. the seed cache's own record
+    assert meta['bg_threshold'] == 0.45 and meta['refine'] == [] and meta['maps_meta']['method'] == 'ours'
     again = make_pseudo(cache['dir'], images, names, out, 0.45, refine=[], progress=False)
     assert (again['written'], again['skipped_done']) == (0, 15)
 
     # an ignore band: 255 exactly where the upsampled max lies in (low, high]
-    band = make_pseudo(cache['dir'], images, names[:4], tmp_path / 'band', 0.0, high=0.7, low=0.3, refine=[],
+    band = make_pseudo(cache['dir'], images, names[:4], tmp_path / 'band', 0.5, high=0.7, low=0.3, refine=[],
                        progress=False)
     assert band['written'] == 4
     for name in names[:4]:
@@ -357,8 +358,8 @@ def test_interrupted_make_pseudo_leaves_only_complete_masks(cache, synthetic_roo
         make_pseudo(cache['dir'], synthetic_root / 'JPEGImages', names, out, 0.4, refine=[], progress=False)
     monkeypatch.undo()
 
-    # exactly the finished masks, each complete; no half-written file under any name
-    assert files_in(out) == sorted(f'{n}.png' for n in names[:done_before_crash])
+    # exactly the finished masks, each complete; no half-written file under any name, the lock released
+    assert files_in(out) == sorted([f'{n}.png' for n in names[:done_before_crash]] + ['pseudo_meta.json'])
     _check_masks(out, names[:done_before_crash], cache['dir'])
     rerun = make_pseudo(cache['dir'], synthetic_root / 'JPEGImages', names, out, 0.4, refine=[], progress=False)
     assert (rerun['written'], rerun['skipped_done']) == (len(names) - done_before_crash, done_before_crash)

@@ -10,7 +10,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--split', default='train', help='images scored (default train, the VOC convention)')
     parser.add_argument('--mask-dir', default='SegmentationClassAug', help='GT folder under the root')
     parser.add_argument('--sweep', type=float, nargs='*',
-                        help='treat PRED as a seed cache and sweep these background thresholds')
+                        help='treat PRED as a seed cache and sweep these background thresholds in [0, 1] '
+                        '(none given: 0.10 .. 0.90 by 0.05)')
     parser.add_argument('--tune-split', default='train_aug',
                         help='with --sweep: the threshold is chosen on TUNE_SPLIT minus SPLIT and scored on SPLIT')
     parser.add_argument('--rw', action='store_true', help='with --sweep: use the random-walk maps')
@@ -26,19 +27,15 @@ def _table(result: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vim_wsss.data.voc import read_split
-    from vim_wsss.wsss.evaluate import eval_masks, sweep_bg_threshold
+    from vim_wsss.wsss.evaluate import DEFAULT_THRESHOLDS, eval_masks, sweep_seeds
 
     if args.sweep is None:
         print(_table(eval_masks(args.pred, args.data_root, args.split, mask_dir=args.mask_dir)))
         return 0
-    thresholds = args.sweep or [round(0.05 * i, 2) for i in range(2, 19)]
-    score = read_split(args.data_root, args.split)
-    tune = sorted(set(read_split(args.data_root, args.tune_split)) - set(score))
-    res = sweep_bg_threshold(args.pred, args.data_root, thresholds, tune, score, mask_dir=args.mask_dir,
-                             maps_key='rw' if args.rw else 'maps', out_dir=args.out or args.pred,
-                             tag='seeds_rw' if args.rw else 'seeds')
+    key = 'rw' if args.rw else 'maps'
+    res = sweep_seeds(args.pred, args.data_root, args.split, args.tune_split, args.sweep or DEFAULT_THRESHOLDS,
+                      keys=(key,), mask_dir=args.mask_dir, out_dir=args.out or args.pred)[key]
     print(_table(res['score']))
-    print(f"background threshold {res['best_threshold']} (chosen on {len(tune)} images of {args.tune_split} minus "
-          f"{args.split}, scored on {args.split}); curve: {res['png']}")
+    print(f"background threshold {res['best_threshold']} (chosen on {res['tune_images']} images of {args.tune_split} "
+          f"minus {args.split}, scored on {args.split}); curve: {res['png']}")
     return 0

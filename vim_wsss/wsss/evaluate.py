@@ -17,18 +17,20 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from vim_wsss.data.voc import IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, read_image, read_mask, read_split
+from vim_wsss.data.voc import (IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, DataError, read_image, read_mask,
+                               read_split)
 from vim_wsss.metrics import SegConfusion
 
 from .seeds import load_map_file, map_path, seeds_from_maps, upsample_maps
 
 __all__ = [
-    'summarize', 'score_pairs', 'eval_masks', 'eval_seeds', 'sweep_bg_threshold', 'split_difference',
+    'summarize', 'score_pairs', 'eval_masks', 'eval_seeds', 'sweep_bg_threshold', 'sweep_seeds', 'split_difference',
     'baseline_mask', 'baseline_masks', 'eval_baselines', 'BASELINES', 'colorize', 'save_overlays', 'seed_source',
 ]
 
 PathLike = Union[str, os.PathLike]
 BASELINES = ('background', 'whole_image', 'centre_blob')
+DEFAULT_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(2, 19))  # 0.10 .. 0.90
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,8 +119,8 @@ def _seed_maps(seed_dir: PathLike, name: str, maps_key: str) -> Tuple[np.ndarray
     """(classes, upsampled maps (K, H, W) numpy) of one cached image."""
     cache = load_map_file(map_path(seed_dir, name))
     if maps_key not in cache:
-        raise ValueError(f'seed cache of {name} has no {maps_key!r} maps (keys: {sorted(cache)}); recompute the maps '
-                         "with the random walk on, or use maps_key='maps'.")
+        raise DataError(f'seed cache of {name} has no {maps_key!r} maps (keys: {sorted(cache)}); it was made with '
+                        'make-seeds --no-rw: re-run make-seeds without --no-rw (--overwrite), or drop --rw.')
     size = tuple(int(s) for s in cache['size'])
     return cache['classes'], upsample_maps(cache[maps_key], size).numpy()
 
@@ -175,9 +177,13 @@ def sweep_bg_threshold(seed_dir: PathLike, gt_root: PathLike, thresholds: Sequen
 
     thresholds = [float(t) for t in thresholds]
     if not thresholds:
-        raise ValueError('no thresholds to sweep')
+        raise DataError('no thresholds to sweep; give some (e.g. --sweep 0.2 0.3 0.4) or none for the default grid.')
+    bad = [t for t in thresholds if not (np.isfinite(t) and 0.0 <= t <= 1.0)]
+    if bad:
+        raise DataError(f'sweep thresholds {bad} are not in [0, 1] (the maps are min-max normalised).')
     if not tune_names:
-        raise ValueError('tune_names is empty: the threshold must be chosen on images other than the scored ones')
+        raise DataError('no images to tune the threshold on (tune_names is empty): the threshold must be chosen on '
+                        'images other than the scored ones; pick a --tune-split that holds more than --split.')
     num = NUM_CLASSES
     matrices = {part: np.zeros(len(thresholds) * num * num, np.int64) for part in ('tune', 'score')}
     images = {'tune': 0, 'score': 0}
@@ -213,6 +219,37 @@ def sweep_bg_threshold(seed_dir: PathLike, gt_root: PathLike, thresholds: Sequen
     if out_dir is not None:
         result.update(_write_sweep(result, Path(out_dir), tag))
     return result
+
+
+def sweep_seeds(seed_dir: PathLike, data_root: PathLike, split: str = 'train', tune_split: str = 'train_aug',
+                thresholds: Sequence[float] = DEFAULT_THRESHOLDS, keys: Sequence[str] = ('maps',),
+                mask_dir: str = 'SegmentationClassAug', out_dir: Optional[PathLike] = None,
+                progress: bool = False) -> Dict[str, Dict[str, Any]]:
+    """The sweep stage (``vim-wsss eval-masks --sweep`` and the pipeline): per maps key, a threshold chosen on
+    ``tune_split`` minus ``split`` and scored on ``split``.
+
+    Args:
+        seed_dir: map cache of make-seeds.
+        data_root: VOC root.
+        split, tune_split: scored split and the split the threshold is tuned on (minus the scored names).
+        thresholds: candidates (in [0, 1]).
+        keys: 'maps' (raw) and/or 'rw' (random-walk maps); files are tagged ``seeds`` / ``seeds_rw``.
+        mask_dir: GT folder.
+        out_dir: where the curves go (None = nothing written).
+        progress: tqdm bar.
+
+    Returns:
+        ``{key: sweep_bg_threshold result}``.
+    """
+    score = read_split(data_root, split)
+    tune = split_difference(data_root, tune_split, split)
+    if not tune:
+        raise DataError(f'--tune-split {tune_split} holds no image outside --split {split}: the threshold must be '
+                        f'chosen on other images than the scored ones; pick a larger --tune-split (e.g. train_aug).')
+    return {key: sweep_bg_threshold(seed_dir, data_root, thresholds, tune, score, mask_dir=mask_dir, maps_key=key,
+                                    out_dir=out_dir, tag='seeds' if key == 'maps' else f'seeds_{key}',
+                                    progress=progress)
+            for key in keys}
 
 
 def _from_matrix(matrix: np.ndarray, images: int) -> Dict[str, Any]:

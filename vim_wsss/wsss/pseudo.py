@@ -16,19 +16,25 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from vim_wsss.data.voc import DataError
+
 from .refine import PIXEL_STEPS, refine_probs, scores_to_probs
 from .seeds import META_FILE, NO_LABEL_FILE, load_map_file, map_path, upsample_maps
 
-__all__ = ['pseudo_label', 'make_pseudo', 'PseudoMaskWriter', 'check_steps', 'NO_LABEL_FILE']
+__all__ = ['pseudo_label', 'make_pseudo', 'PseudoMaskWriter', 'check_steps', 'check_thresholds', 'check_workers',
+           'NO_LABEL_FILE', 'PSEUDO_META']
 
 PathLike = Union[str, os.PathLike]
 STEPS = ('rw',) + PIXEL_STEPS
+PSEUDO_META = 'pseudo_meta.json'
 
 
 def check_steps(refine: Sequence[str]) -> Tuple[bool, List[str]]:
@@ -39,11 +45,43 @@ def check_steps(refine: Sequence[str]) -> Tuple[bool, List[str]]:
     refine = list(refine)
     unknown = [s for s in refine if s not in STEPS]
     if unknown:
-        raise ValueError(f'unknown refinement steps {unknown}; choose from {list(STEPS)}')
+        raise DataError(f'unknown refinement steps {unknown} in --refine; choose from {list(STEPS)} '
+                        "(e.g. --refine rw par crf), or give --refine with no steps for raw seeds.")
     use_rw = 'rw' in refine
     if use_rw and (refine.index('rw') != 0 or refine.count('rw') > 1):
-        raise ValueError(f"'rw' propagates the patch-level maps and must be the first step (once), got {refine}")
+        raise DataError(f"'rw' propagates the patch-level maps and must be the first step (once), got --refine "
+                        f"{' '.join(refine)}; e.g. --refine rw par crf.")
     return use_rw, [s for s in refine if s != 'rw']
+
+
+def _unit_value(flag: str, value: Optional[float]) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not np.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise DataError(f'{flag} {value}: must be a number in [0, 1] (the maps are min-max normalised); '
+                        'pick one with `vim-wsss eval-masks SEEDS --sweep`.')
+
+
+def check_thresholds(bg_threshold: float, high: Optional[float] = None, low: Optional[float] = None) -> None:
+    """DataError unless every threshold is finite in [0, 1], high and low come together with low <= high, and
+    ``bg_threshold`` lies within [low, high] (with a band it is not used, so it must not contradict it)."""
+    for flag, value in (('--bg-threshold', bg_threshold), ('--high', high), ('--low', low)):
+        _unit_value(flag, value)
+    if (high is None) != (low is None):
+        raise DataError('give both --high and --low for an ignore band, or neither.')
+    if high is not None and low > high:
+        raise DataError(f'--low {low} is above --high {high}; the ignore band needs --low <= --high.')
+    if high is not None and not low <= bg_threshold <= high:
+        raise DataError(f'--bg-threshold {bg_threshold} lies outside the ignore band [--low {low}, --high {high}]; '
+                        'with a band the band decides, so give a --bg-threshold between --low and --high.')
+
+
+def check_workers(workers: int) -> int:
+    """``workers`` as an int >= 0 (DataError otherwise)."""
+    if isinstance(workers, bool) or int(workers) != workers or workers < 0:
+        raise DataError(f'--workers {workers}: must be a whole number >= 0 (0 = in this process).')
+    return int(workers)
 
 
 def _label_pass(image: np.ndarray, maps: torch.Tensor, classes: np.ndarray, threshold: float,
@@ -79,7 +117,7 @@ def pseudo_label(cache: Dict[str, np.ndarray], image: np.ndarray, bg_threshold: 
     """
     use_rw, steps = check_steps(refine)
     if (high is None) != (low is None):
-        raise ValueError('give both high and low for an ignore band, or neither')
+        raise DataError('give both --high and --low for an ignore band, or neither.')
     size = tuple(int(s) for s in cache['size'])
     if image.shape[:2] != size:
         raise ValueError(f'image is {image.shape[:2]} but the cached maps were made for {size}')
@@ -87,14 +125,15 @@ def pseudo_label(cache: Dict[str, np.ndarray], image: np.ndarray, bg_threshold: 
     if classes.size == 0:
         return np.zeros(size, dtype=np.uint8)
     if use_rw and 'rw' not in cache:
-        raise ValueError("refine starts with 'rw' but the seed cache has no random-walk maps; recompute the maps "
-                         'with the affinity walk on (make-seeds --rw) or drop rw from the steps.')
+        raise DataError("--refine starts with 'rw' but the seed cache has no random-walk maps (it was made with "
+                        "make-seeds --no-rw); re-run make-seeds without --no-rw (--overwrite), or drop 'rw' from "
+                        '--refine.')
     maps = upsample_maps(cache['rw' if use_rw else 'maps'], size)
     args = (steps, prob_power, par_kwargs, crf_kwargs, par_scale)
     if high is None:
         return _label_pass(image, maps, classes, bg_threshold, *args)
     if low > high:
-        raise ValueError(f'low ({low}) must be <= high ({high})')
+        raise DataError(f'--low {low} is above --high {high}; the ignore band needs --low <= --high.')
     strict = _label_pass(image, maps, classes, high, *args)
     loose = _label_pass(image, maps, classes, low, *args)
     out = strict.copy()
@@ -117,11 +156,29 @@ class PseudoMaskWriter:
         return self.out_dir / f'{name}.png'
 
     def done(self, name: str) -> bool:
-        """True when the mask exists (atomic writes mean an existing file is complete)."""
-        return self.path(name).is_file()
+        """True when the mask exists and decodes whole as a single-channel PNG (a 0-byte or truncated file is not
+        done)."""
+        from PIL import Image
+
+        path = self.path(name)
+        if not path.is_file():
+            return False
+        try:
+            with Image.open(path) as img:
+                img.load()
+                return img.format == 'PNG' and img.mode in ('P', 'L')
+        except Exception:  # truncated / not an image
+            return False
 
     def pending(self, names: Sequence[str]) -> List[str]:
-        return [n for n in names if not self.done(n)]
+        """Names without a complete mask; damaged masks are deleted (they will be redone)."""
+        todo = []
+        for name in names:
+            if not self.done(name):
+                if self.path(name).is_file():
+                    self.path(name).unlink()
+                todo.append(name)
+        return todo
 
     def write(self, name: str, mask: np.ndarray) -> Path:
         from vim_wsss.data.voc import save_mask
@@ -134,13 +191,18 @@ def _no_label_names(seed_dir: Path) -> set:
     return set(path.read_text().split()) if path.is_file() else set()
 
 
-def _one(task: Tuple[str, Dict[str, Any]]) -> str:
-    """Worker: compute and write one mask (module level so it pickles)."""
+def _one(task: Tuple[str, Dict[str, Any]]) -> Optional[str]:
+    """Worker: compute and write one mask (module level so it pickles); None when ``skip_bad`` skipped the image."""
     from vim_wsss.data.voc import read_image
 
     name, opts = task
     writer = PseudoMaskWriter(opts['out_dir'])
-    image = read_image(Path(opts['image_root']) / f"{name}{opts['image_suffix']}")
+    try:
+        image = read_image(Path(opts['image_root']) / f"{name}{opts['image_suffix']}")
+    except (DataError, FileNotFoundError):  # corrupt or missing image
+        if opts['skip_bad']:
+            return None
+        raise
     cache_file = map_path(opts['seed_dir'], name)
     if not cache_file.is_file() and name in opts['no_label']:
         mask = np.zeros(image.shape[:2], dtype=np.uint8)
@@ -152,16 +214,60 @@ def _one(task: Tuple[str, Dict[str, Any]]) -> str:
     return name
 
 
-def _init_worker() -> None:
+def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """Worker watchdog: exit as soon as the parent is gone (a SIGKILLed parent must not leave orphans writing)."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
     torch.set_num_threads(1)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _run_tasks(tasks: List[Tuple[str, Dict[str, Any]]], workers: int, progress: bool) -> List[str]:
+    """Run :func:`_one` over ``tasks`` (in this process, or a spawn pool); names skipped as unreadable."""
+    from tqdm import tqdm
+
+    skipped = []
+    bar = tqdm(total=len(tasks), desc='pseudo-masks', unit='img', disable=not progress)
+    if workers > 1 and len(tasks) > 1:
+        import multiprocessing as mp
+
+        with mp.get_context('spawn').Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+            chunk = max(1, min(8, len(tasks) // (workers * 8)))
+            for task, done in zip(tasks, pool.imap(_one, tasks, chunksize=chunk)):
+                skipped += [task[0]] if done is None else []
+                bar.update(1)
+    else:
+        for task in tasks:
+            skipped += [task[0]] if _one(task) is None else []
+            bar.update(1)
+    bar.close()
+    return skipped
+
+
+def pseudo_params(seed_dir: Path, bg_threshold: float, high: Optional[float], low: Optional[float],
+                  refine: Sequence[str], prob_power: float, par_kwargs: Optional[dict], crf_kwargs: Optional[dict],
+                  par_scale: float, image_suffix: str) -> Dict[str, Any]:
+    """What ``pseudo_meta.json`` records: every parameter a mask depends on, with the seed cache's own record."""
+    return dict(bg_threshold=float(bg_threshold), high=high, low=low, refine=list(refine), prob_power=prob_power,
+                par_kwargs=par_kwargs, crf_kwargs=crf_kwargs, par_scale=par_scale, image_suffix=image_suffix,
+                maps_meta=json.loads((seed_dir / META_FILE).read_text()))
 
 
 def make_pseudo(seed_dir: PathLike, image_root: PathLike, names: Sequence[str], out_dir: PathLike,
                 bg_threshold: float, high: Optional[float] = None, low: Optional[float] = None,
                 refine: Sequence[str] = ('rw', 'par', 'crf'), prob_power: float = 1.0,
                 par_kwargs: Optional[dict] = None, crf_kwargs: Optional[dict] = None, par_scale: float = 1.0,
-                workers: int = 0, image_suffix: str = '.jpg', progress: bool = True) -> Dict[str, Any]:
-    """Write pseudo-masks for ``names`` into ``out_dir`` (see the module docstring).
+                workers: int = 0, image_suffix: str = '.jpg', progress: bool = True, overwrite: bool = False,
+                skip_bad: bool = False) -> Dict[str, Any]:
+    """Write pseudo-masks for ``names`` into ``out_dir`` (see the module docstring); the make-pseudo stage.
+
+    Honest resume (:mod:`vim_wsss.wsss.resume`): the folder is locked, a killed run's temporaries are removed,
+    ``pseudo_meta.json`` (written before the first mask) records the parameters and a re-run with others is refused
+    (or restarts with ``overwrite``); a mask counts as done only if it decodes whole.
 
     Args:
         seed_dir: cache folder of :func:`~vim_wsss.wsss.seeds.compute_maps`.
@@ -169,46 +275,40 @@ def make_pseudo(seed_dir: PathLike, image_root: PathLike, names: Sequence[str], 
         names: images to label; names the maps stage skipped for having no positive label get all-background masks.
         out_dir: output folder.
         bg_threshold, high, low, refine, prob_power, par_kwargs, crf_kwargs, par_scale: see :func:`pseudo_label`.
-        workers: processes (0 or 1 = in this process).
+        workers: processes (0 or 1 = in this process); they exit when this process dies.
         image_suffix: image file extension.
         progress: tqdm bar.
+        overwrite: delete masks made with other parameters instead of refusing.
+        skip_bad: skip images that cannot be read (listed in ``skipped_bad``) instead of stopping.
 
     Returns:
-        dict with ``written``, ``skipped_done``, ``total``, ``out_dir`` (also saved as ``pseudo_meta.json``).
-    """
-    from tqdm import tqdm
+        dict with ``written``, ``skipped_done``, ``redone``, ``skipped_bad``, ``total``, ``out_dir``.
 
-    from vim_wsss.utils import atomic_save_json
+    Raises:
+        DataError: a bad value, a folder made with other parameters or locked by another run, a damaged or
+            non-finite seed cache.
+    """
+    from vim_wsss.wsss.resume import open_output
 
     check_steps(refine)
-    seed_dir = Path(seed_dir)
+    check_thresholds(bg_threshold, high, low)
+    workers = check_workers(workers)
+    seed_dir, out_dir = Path(seed_dir), Path(out_dir)
     if not (seed_dir / META_FILE).is_file():
         raise FileNotFoundError(f'{seed_dir} is not a seed cache (no {META_FILE}); run make-seeds first.')
-    writer = PseudoMaskWriter(out_dir)
-    todo = writer.pending(list(names))
-    opts = dict(out_dir=str(out_dir), image_root=str(image_root), image_suffix=image_suffix, seed_dir=str(seed_dir),
-                no_label=_no_label_names(seed_dir), bg_threshold=float(bg_threshold), high=high, low=low,
-                refine=list(refine), prob_power=prob_power, par_kwargs=par_kwargs, crf_kwargs=crf_kwargs,
-                par_scale=par_scale)
-    tasks = [(n, opts) for n in todo]
-    bar = tqdm(total=len(tasks), desc='pseudo-masks', unit='img', disable=not progress)
-    if workers and workers > 1 and len(tasks) > 1:
-        import multiprocessing as mp
-
-        with mp.get_context('spawn').Pool(workers, initializer=_init_worker) as pool:
-            for _ in pool.imap_unordered(_one, tasks, chunksize=max(1, len(tasks) // (workers * 8))):
-                bar.update(1)
-    else:
-        for task in tasks:
-            _one(task)
-            bar.update(1)
-    bar.close()
-    summary = dict(written=len(todo), skipped_done=len(names) - len(todo), total=len(names), out_dir=str(out_dir))
-    meta = {k: v for k, v in opts.items() if k not in ('no_label',)}
-    atomic_save_json(Path(out_dir) / 'pseudo_meta.json', dict(meta, **{k: summary[k] for k in ('total',)}))
-    return summary
+    params = pseudo_params(seed_dir, bg_threshold, high, low, refine, prob_power, par_kwargs, crf_kwargs, par_scale,
+                           image_suffix)
+    with open_output(out_dir, 'make-pseudo', PSEUDO_META, params, lambda: sorted(out_dir.glob('*.png')), overwrite):
+        writer = PseudoMaskWriter(out_dir)
+        present = [n for n in names if writer.path(n).is_file()]
+        todo = writer.pending(list(names))
+        opts = dict(params, out_dir=str(out_dir), image_root=str(image_root), seed_dir=str(seed_dir),
+                    no_label=_no_label_names(seed_dir), skip_bad=bool(skip_bad))
+        skipped = _run_tasks([(n, opts) for n in todo], workers, progress)
+    return dict(written=len(todo) - len(skipped), skipped_done=len(names) - len(todo),
+                redone=len(set(present) & set(todo)), skipped_bad=skipped, total=len(names), out_dir=str(out_dir))
 
 
 def read_pseudo_meta(out_dir: PathLike) -> Dict[str, Any]:
     """Parameters a pseudo-mask folder was written with (``pseudo_meta.json``)."""
-    return json.loads((Path(out_dir) / 'pseudo_meta.json').read_text())
+    return json.loads((Path(out_dir) / PSEUDO_META).read_text())

@@ -10,12 +10,13 @@
 * ``size`` ``(2,)`` int64, the original image (H, W).
 
 Thresholding is cheap and happens later (:func:`seeds_from_maps`, sweeps, pseudo-masks), so one cache serves every
-threshold. The cache folder holds ``maps_meta.json`` with the parameters that produced it; resuming with other
-parameters is refused.
+threshold. The cache folder holds ``maps_meta.json`` with the parameters (and checkpoint sha256) that produced it,
+written before the first map; resuming with other parameters is refused unless ``overwrite`` restarts the folder.
+A damaged file (0 bytes, truncated, NaN) is recomputed on resume; a lock keeps a second writer out
+(:mod:`vim_wsss.wsss.resume`). :func:`make_seeds` is the whole stage (classifier + dataset + maps).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -25,9 +26,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vim_wsss.data.voc import DataError
+
 __all__ = [
     'seeds_from_maps', 'save_map_file', 'load_map_file', 'map_path', 'upsample_maps', 'normalize_maps',
-    'compute_maps', 'default_method', 'MapsResult',
+    'compute_maps', 'make_seeds', 'default_method', 'check_method', 'check_scales', 'check_batch_size', 'check_logits',
+    'verify_map_file', 'MapsResult',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -111,7 +115,7 @@ def save_map_file(path: PathLike, classes: np.ndarray, maps: np.ndarray, size: T
     """Write one image's cache atomically (tmp file in the same folder + ``os.replace``).
 
     Raises:
-        ValueError: a map holds NaN or inf (the message names the file).
+        DataError: a map holds NaN or inf (the message names the image).
     """
     path = Path(path)
     arrays: Dict[str, np.ndarray] = dict(classes=np.asarray(classes, np.int64), maps=np.asarray(maps, np.float32),
@@ -120,8 +124,8 @@ def save_map_file(path: PathLike, classes: np.ndarray, maps: np.ndarray, size: T
         arrays['rw'] = np.asarray(rw, np.float32)
     for key in ('maps', 'rw'):
         if key in arrays and not np.isfinite(arrays[key]).all():
-            raise ValueError(f'non-finite values (NaN/inf) in the {key} of image {path.stem}; the classifier or '
-                             'the explanation diverged for this image: check the checkpoint and the image file.')
+            raise DataError(f'non-finite values (NaN/inf) in the {key} of image {path.stem}; the classifier or '
+                            'the explanation diverged for this image: check the checkpoint and the image file.')
         if key in arrays:
             arrays[key] = arrays[key].astype(np.float16)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +143,7 @@ def load_map_file(path: PathLike) -> Dict[str, np.ndarray]:
 
     Raises:
         FileNotFoundError: no such file (run ``make-seeds`` first).
-        ValueError: unreadable/corrupt file (delete it and resume ``make-seeds``).
+        DataError: unreadable/corrupt file, or maps holding NaN/inf (re-run ``make-seeds``: it redoes the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -148,11 +152,14 @@ def load_map_file(path: PathLike) -> Dict[str, np.ndarray]:
         with np.load(path) as data:
             out = {key: data[key] for key in data.files}
     except Exception as err:  # zip / pickle errors of a truncated file
-        raise ValueError(f'seed cache {path} is unreadable ({err}); delete it and re-run make-seeds to resume.'
-                         ) from err
+        raise DataError(f'seed cache {path} is unreadable ({err}); re-run make-seeds into the same --out: it '
+                        'recomputes damaged files.') from err
     for key in ('maps', 'rw'):
         if key in out:
             out[key] = out[key].astype(np.float32)
+            if not np.isfinite(out[key]).all():
+                raise DataError(f'seed cache {path} holds non-finite {key} (NaN/inf); the classifier that made it '
+                                'diverged: re-run make-seeds with a working checkpoint (--overwrite).')
     return out
 
 
@@ -167,21 +174,9 @@ def default_method(model: nn.Module) -> str:
 
 
 class MapsResult(dict):
-    """Summary of a :func:`compute_maps` run: ``written``, ``skipped_done``, ``skipped_no_label``, ``total``,
-    ``out_dir``, ``no_label`` (names)."""
-
-
-def _check_meta(out_dir: Path, meta: Dict[str, Any]) -> None:
-    path = out_dir / META_FILE
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != meta:
-            diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
-            raise ValueError(f'{out_dir} holds maps made with other parameters ({", ".join(diff)}); use another '
-                             f'output folder or delete {path} and the .npz files to recompute.')
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_text(path, json.dumps(meta, indent=1, sort_keys=True))
+    """Summary of a :func:`compute_maps` run: ``written``, ``skipped_done``, ``redone`` (outputs found corrupt and
+    recomputed), ``skipped_no_label``, ``total``, ``out_dir``, ``no_label`` (names), ``skipped_bad`` (unreadable
+    images dropped by ``skip_bad``)."""
 
 
 def _maps_at(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, method: str,
@@ -227,16 +222,63 @@ def multiscale_maps(models: Dict[float, nn.Module], images: torch.Tensor, classe
     return normalize_maps(total)
 
 
+def check_method(model: nn.Module, method: Optional[str]) -> str:
+    """The method to run (``default_method`` when None); DataError naming the choices for an unknown one."""
+    from vim_wsss.explain.attribution import METHODS, model_family
+
+    family = model_family(model)
+    method = method or default_method(model)
+    if method not in METHODS[family]:
+        raise DataError(f'unknown --method {method!r} for a {family} classifier; choose one of '
+                        f'{sorted(METHODS[family])}.')
+    return method
+
+
+def check_scales(scales: Sequence[float]) -> List[float]:
+    """Sorted unique scales; DataError unless all are finite, > 0, and 1.0 (the stored grid) is among them."""
+    values = sorted({float(s) for s in scales})
+    if not values or any(not np.isfinite(s) or s <= 0 for s in values):
+        raise DataError(f'--scales {list(scales)}: every scale must be a finite number > 0 (e.g. --scales 1.0 1.5).')
+    if 1.0 not in values:
+        raise DataError(f'--scales {list(scales)} must include 1.0 (the grid the maps are stored at), '
+                        f'e.g. --scales 1.0 {" ".join(str(s) for s in values)}.')
+    return values
+
+
+def check_batch_size(batch_size: int) -> int:
+    """``batch_size`` as an int >= 1 (DataError otherwise)."""
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise DataError(f'--batch-size {batch_size}: must be a whole number >= 1 (images per forward pass).')
+    return int(batch_size)
+
+
+def check_logits(model: nn.Module, images: torch.Tensor, names: Sequence[str]) -> None:
+    """DataError naming the images whose logits ``model(images)`` are NaN/inf (and the non-finite weights).
+
+    Without this a diverged classifier gives finite, all-zero maps (the explanations clamp and normalise).
+    """
+    with torch.no_grad():
+        logits = model(images)
+    bad = [names[i] for i in torch.nonzero(~torch.isfinite(logits).all(dim=1)).flatten().tolist()]
+    if bad:
+        weights = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        detail = f'non-finite weights: {", ".join(weights[:5])}' if weights else 'the weights are finite'
+        raise DataError(f'the classifier gives non-finite logits (NaN/inf) for image {", ".join(bad)} ({detail}); '
+                        'the checkpoint is broken or training diverged: use an earlier checkpoint or retrain.')
+
+
 def compute_maps(model: nn.Module, dataset: Any, out_dir: PathLike, method: Optional[str] = None,
                  start_layer: Optional[int] = None, scales: Sequence[float] = (1.0,), flip: bool = False,
                  scale_models: Optional[Dict[float, nn.Module]] = None, affinity_layers: Optional[Sequence[int]] = None,
                  rw: bool = True, rw_power: float = 2.0, rw_steps: int = 2, rw_radius: Optional[float] = None,
-                 batch_size: int = 8, device: Union[str, torch.device] = 'cpu', progress: bool = True
-                 ) -> MapsResult:
+                 batch_size: int = 8, device: Union[str, torch.device] = 'cpu', progress: bool = True,
+                 overwrite: bool = False, record: Optional[Dict[str, Any]] = None) -> MapsResult:
     """Compute and cache the class maps of every image of ``dataset`` (see the module docstring for the format).
 
-    Resumable: images whose ``<name>.npz`` exists are skipped; every file is written atomically. Images without a
-    positive label are skipped and counted.
+    Resumable and honest: the folder is locked against a second writer, leftovers of a killed run are removed,
+    ``maps_meta.json`` (written first) records the parameters and a re-run with others is refused (or, with
+    ``overwrite``, restarts); existing ``<name>.npz`` count as done only when they read back complete and finite.
+    Every file is written atomically. Images without a positive label are skipped and counted.
 
     Args:
         model: backbone (ViM or DeiT) with a 20-class head, eval mode; its input size is the scale-1.0 size.
@@ -245,51 +287,73 @@ def compute_maps(model: nn.Module, dataset: Any, out_dir: PathLike, method: Opti
         out_dir: cache folder.
         method: relevance method (``vim_wsss.explain.METHODS``); default :func:`default_method`.
         start_layer: first layer of the method (None = its default).
-        scales: input scales; scales other than 1.0 need ``scale_models``.
+        scales: input scales; scales other than 1.0 need ``scale_models`` (:func:`make_seeds` builds them).
         flip: average with the horizontally flipped image.
         scale_models: scale -> model built at that input size (same weights).
         affinity_layers: blocks averaged into the patch affinity (None = the last third).
         rw: also store the random-walk-refined maps.
         rw_power, rw_steps, rw_radius: random-walk settings (:func:`vim_wsss.wsss.refine.random_walk`).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (>= 1).
         device: where the model runs.
         progress: show a tqdm bar.
+        overwrite: delete maps made with other parameters instead of refusing.
+        record: more entries for ``maps_meta.json`` (e.g. the checkpoint's sha256).
 
     Returns:
         :class:`MapsResult` with counts.
+
+    Raises:
+        DataError: bad parameters, a folder made with other parameters or locked by another run, non-finite
+            logits or maps (naming the image).
     """
+    from vim_wsss.wsss.resume import open_output
+
+    method = check_method(model, method)
+    batch_size = check_batch_size(batch_size)
+    models = _scale_models(model, check_scales(scales), scale_models)
+    out_dir = Path(out_dir)
+    meta = dict(method=method, start_layer=start_layer, scales=sorted(models), flip=bool(flip),
+                affinity_layers=None if affinity_layers is None else [int(i) for i in affinity_layers],
+                rw=bool(rw), rw_power=float(rw_power), rw_steps=int(rw_steps), rw_radius=rw_radius,
+                grid=list(model.grid_size), **(record or {}))
+    result = MapsResult(written=0, skipped_done=0, redone=0, skipped_no_label=0, total=len(dataset),
+                        out_dir=str(out_dir), no_label=[], skipped_bad=list(getattr(dataset, 'skipped', [])))
+    with open_output(out_dir, 'make-seeds', META_FILE, meta, lambda: _outputs(out_dir), overwrite):
+        todo = _pending(dataset, out_dir, result, meta)
+        _write_text(out_dir / NO_LABEL_FILE, '\n'.join(result['no_label']))
+        for m in models.values():
+            m.to(device).eval()
+        _run_batches(models, dataset, todo, out_dir, result, meta, batch_size, device, progress)
+    return result
+
+
+def _outputs(out_dir: Path) -> List[Path]:
+    return sorted(out_dir.glob('*.npz')) + [p for p in [out_dir / NO_LABEL_FILE] if p.is_file()]
+
+
+def _run_batches(models: Dict[float, nn.Module], dataset: Any, todo: List[int], out_dir: Path, result: MapsResult,
+                 meta: Dict[str, Any], batch_size: int, device: Union[str, torch.device], progress: bool) -> None:
+    """Explain ``dataset[todo]`` batch by batch and write one cache file per image."""
     from tqdm import tqdm
 
     from vim_wsss.explain import patch_affinity
     from vim_wsss.wsss.refine import random_walk
 
-    method = method or default_method(model)
-    models = _scale_models(model, scales, scale_models)
-    out_dir = Path(out_dir)
-    meta = dict(method=method, start_layer=start_layer, scales=sorted(float(s) for s in scales), flip=bool(flip),
-                affinity_layers=None if affinity_layers is None else [int(i) for i in affinity_layers],
-                rw=bool(rw), rw_power=float(rw_power), rw_steps=int(rw_steps), rw_radius=rw_radius,
-                grid=list(model.grid_size))
-    _check_meta(out_dir, meta)
-    result = MapsResult(written=0, skipped_done=0, skipped_no_label=0, total=len(dataset), out_dir=str(out_dir),
-                        no_label=[])
-    todo = _pending(dataset, out_dir, result)
-    _write_text(out_dir / NO_LABEL_FILE, '\n'.join(result['no_label']))
-    for m in models.values():
-        m.to(device).eval()
-    bar = tqdm(total=len(todo), desc=f'maps ({method})', disable=not progress, unit='img')
+    model = models[1.0]
+    bar = tqdm(total=len(todo), desc=f"maps ({meta['method']})", disable=not progress, unit='img')
     for start in range(0, len(todo), batch_size):
         items = [dataset[i] for i in todo[start:start + batch_size]]
         images = torch.stack([torch.as_tensor(it['img']) for it in items]).float().to(device)
+        check_logits(model, images, [it['name'] for it in items])
         present = [np.flatnonzero(np.asarray(it['label']) > 0) for it in items]
         width = max(len(p) for p in present)
         classes = torch.as_tensor(np.stack([np.resize(p, width) for p in present]), dtype=torch.long, device=device)
-        maps = multiscale_maps(models, images, classes, method, start_layer, flip)
+        maps = multiscale_maps(models, images, classes, meta['method'], meta['start_layer'], meta['flip'])
         walked = None
-        if rw:
-            affinity = patch_affinity(model, images, layers=affinity_layers)
-            walked = normalize_maps(random_walk(maps, affinity, power=rw_power, steps=rw_steps,
-                                                radius=rw_radius))
+        if meta['rw']:
+            affinity = patch_affinity(model, images, layers=meta['affinity_layers'])
+            walked = normalize_maps(random_walk(maps, affinity, power=meta['rw_power'], steps=meta['rw_steps'],
+                                                radius=meta['rw_radius']))
         for b, item in enumerate(items):
             k = len(present[b])
             save_map_file(map_path(out_dir, item['name']), present[b] + 1, maps[b, :k].cpu().numpy(),
@@ -298,7 +362,6 @@ def compute_maps(model: nn.Module, dataset: Any, out_dir: PathLike, method: Opti
             result['written'] += 1
         bar.update(len(items))
     bar.close()
-    return result
 
 
 def _scale_models(model: nn.Module, scales: Sequence[float], scale_models: Optional[Dict[float, nn.Module]]
@@ -310,10 +373,8 @@ def _scale_models(model: nn.Module, scales: Sequence[float], scale_models: Optio
             continue
         if not scale_models or scale not in scale_models:
             raise ValueError(f'scale {scale} needs a model built for that input size: pass scale_models={{{scale}: '
-                             'load_classifier(cfg, ckpt, img_size=...)}} (make-seeds does this for you).')
+                             'load_classifier(cfg, ckpt, img_size=...)}}, or call make_seeds, which builds them.')
         models[scale] = scale_models[scale]
-    if 1.0 not in [float(s) for s in scales]:
-        raise ValueError(f'scales {list(scales)} must include 1.0 (the grid the maps are stored at)')
     return models
 
 
@@ -323,18 +384,37 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _pending(dataset: Any, out_dir: Path, result: MapsResult) -> List[int]:
-    """Indices still to compute; counts finished files and images without a positive label."""
+def verify_map_file(path: Path, meta: Dict[str, Any]) -> bool:
+    """True when a cache file reads back whole, finite, with ``K`` maps of the recorded grid (and ``rw`` if on)."""
+    try:
+        data = load_map_file(path)
+    except (OSError, ValueError):
+        return False
+    grid = tuple(meta['grid'])
+    shape = (len(np.asarray(data.get('classes', [])).reshape(-1)), *grid)
+    keys = ('maps', 'rw') if meta['rw'] else ('maps',)
+    return 'size' in data and all(key in data and data[key].shape == shape for key in keys)
+
+
+def _pending(dataset: Any, out_dir: Path, result: MapsResult, meta: Dict[str, Any]) -> List[int]:
+    """Indices still to compute; counts finished (verified) files and images without a positive label.
+
+    A file that does not read back whole (0 bytes, truncated, NaN) is deleted and recomputed (``redone``).
+    """
     names = _names(dataset)
     labels = _labels(dataset)
     todo = []
     for i, name in enumerate(names):
+        path = map_path(out_dir, name)
         if not (np.asarray(labels[i]) > 0).any():
             result['skipped_no_label'] += 1
             result['no_label'].append(name)
-        elif map_path(out_dir, name).is_file():
+        elif path.is_file() and verify_map_file(path, meta):
             result['skipped_done'] += 1
         else:
+            if path.is_file():
+                path.unlink()
+                result['redone'] += 1
             todo.append(i)
     return todo
 
@@ -350,6 +430,65 @@ def _labels(dataset: Any) -> List[np.ndarray]:
         labels = dataset.labels
         return [labels[n] for n in dataset.names] if isinstance(labels, dict) else list(labels)
     return [dataset[i]['label'] for i in range(len(dataset))]
+
+
+def scaled_size(model: nn.Module, scale: float) -> int:
+    """Input size for ``scale`` times the model's: rounded to a whole number of patches (at least one)."""
+    base = int(model.patch_embed.img_size[0])
+    patch = int(model.patch_embed.patch_size[0])
+    return max(1, int(round(base * scale / patch))) * patch
+
+
+def file_sha256(path: PathLike) -> str:
+    """sha256 of a file (identifies the checkpoint a cache was made with)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for block in iter(lambda: stream.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_seeds(config: PathLike, checkpoint: PathLike, data_root: PathLike, split: str, out: PathLike,
+               method: Optional[str] = None, start_layer: Optional[int] = None, scales: Sequence[float] = (1.0,),
+               flip: bool = False, rw: bool = True, batch_size: int = 8, device: Union[str, torch.device] = 'cpu',
+               skip_bad: bool = False, overwrite: bool = False, trust: Optional[bool] = None,
+               progress: bool = True) -> MapsResult:
+    """The make-seeds stage (``vim-wsss make-seeds`` and the pipeline): load a classifier, cache its maps.
+
+    Builds one model per scale from the same checkpoint (``load_classifier(..., img_size=scaled_size)``), an eval
+    ``VOCClsDataset`` of ``split`` at the scale-1.0 input size, and runs :func:`compute_maps`; the checkpoint's
+    sha256 is part of ``maps_meta.json``, so maps of another checkpoint are never mixed into ``out``.
+
+    Args:
+        config, checkpoint: classifier config and checkpoint (``train-cls`` outputs).
+        data_root, split: VOC root and the images to explain.
+        out: cache folder.
+        method, start_layer, scales, flip, rw, batch_size, device, overwrite, progress: see :func:`compute_maps`.
+        skip_bad: drop unreadable images (listed in ``skipped_bad``) instead of stopping.
+        trust: passed to ``load_classifier`` when given (checkpoint trust policy).
+
+    Returns:
+        :class:`MapsResult`.
+    """
+    from vim_wsss.data.datasets import VOCClsDataset
+    from vim_wsss.wsss.train import load_classifier
+
+    batch_size = check_batch_size(batch_size)
+    scales = check_scales(scales)
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f'checkpoint {checkpoint} not found; pass the best_*.pth that train-cls wrote.')
+    load = dict(device=device, **({} if trust is None else {'trust': trust}))
+    model = load_classifier(config, checkpoint, **load)
+    method = check_method(model, method)
+    scale_models = {s: load_classifier(config, checkpoint, img_size=scaled_size(model, s), **load)
+                    for s in scales if s != 1.0}
+    dataset = VOCClsDataset(data_root, split, transform=dict(kind='eval', size=model.patch_embed.img_size[0]),
+                            skip_bad=skip_bad)
+    return compute_maps(model, dataset, out, method=method, start_layer=start_layer, scales=scales, flip=flip,
+                        scale_models=scale_models, rw=rw, batch_size=batch_size, device=device, progress=progress,
+                        overwrite=overwrite, record={'checkpoint_sha256': file_sha256(checkpoint)})
 
 
 def iter_map_files(out_dir: PathLike, names: Iterable[str]) -> Iterable[Tuple[str, Dict[str, np.ndarray]]]:
