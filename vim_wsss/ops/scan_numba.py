@@ -20,12 +20,17 @@ converted to C-contiguous fp32 and absent optional inputs are passed as placehol
 
 Threads: each call runs on ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)`` numba threads, so
 ``torch.set_num_threads`` (or ``OMP_NUM_THREADS``) governs both libraries and they do not oversubscribe the cores;
-``NUMBA_NUM_THREADS`` caps numba's pool at start-up. Numba picks its threading layer itself (tbb, omp or workqueue;
-``NUMBA_THREADING_LAYER`` overrides it); the workqueue layer does not allow calls from several Python threads at once.
+``NUMBA_NUM_THREADS`` caps numba's pool at start-up. Unless ``NUMBA_THREADING_LAYER`` is set, this module selects
+numba's 'workqueue' layer: numba's 'omp' layer runs a second OpenMP runtime beside torch's, and its threads keep
+spinning after each kernel, which made every torch op that follows several times slower (ViM-S forward 9.3 s instead
+of 1.0 s on 2 cores). Workqueue threads sleep between kernels; it does not allow concurrent launches, so calls are
+serialised with a lock (several Python threads may call the scan; they take turns).
 """
 from __future__ import annotations
 
 import math
+import os
+import threading
 from typing import Optional, Tuple
 
 import numba
@@ -39,6 +44,9 @@ BLOCK = 64  # channels per job (4 AVX-512 / 8 AVX2 vectors)
 CHUNK = 16  # steps between saved states; the backward recomputes one chunk at a time
 
 _JIT = dict(cache=True, fastmath=True, nogil=True)
+_LAUNCH_LOCK = threading.Lock()  # the workqueue layer allows one parallel launch at a time
+if 'NUMBA_THREADING_LAYER' not in os.environ:
+    numba.config.THREADING_LAYER = 'workqueue'
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -368,8 +376,9 @@ class _NumbaScanFn(torch.autograd.Function):
         out = np.empty((batch, length, dim), np.float32)
         ckpt = torch.empty(batch, math.ceil(length / CHUNK), dstate, dim)
         last = np.empty((batch, dim, dstate), np.float32)
-        _set_threads()
-        _scan_fwd(*arrays[:5], strides, *params, *ctx.flags, out, ckpt.numpy(), last)
+        with _LAUNCH_LOCK:
+            _set_threads()
+            _scan_fwd(*arrays[:5], strides, *params, *ctx.flags, out, ckpt.numpy(), last)
         ctx.ckpt = ckpt
         result = torch.from_numpy(out).transpose(1, 2).to(u.dtype)
         if return_last_state:
@@ -389,9 +398,10 @@ class _NumbaScanFn(torch.autograd.Function):
         dA_part = np.empty((batch, dstate, dim), np.float32)
         dD_part = np.empty((batch, dim), np.float32)
         dBC_part = [np.zeros((batch, nblk, length, dstate), np.float32) for _ in range(2)]
-        _set_threads()
-        _scan_bwd(*arrays, strides, *params, *ctx.flags, dlast.detach().float().contiguous().numpy(),
-                  ctx.ckpt.numpy(), *grads, dA_part, dD_part, *dBC_part)
+        with _LAUNCH_LOCK:
+            _set_threads()
+            _scan_bwd(*arrays, strides, *params, *ctx.flags, dlast.detach().float().contiguous().numpy(),
+                      ctx.ckpt.numpy(), *grads, dA_part, dD_part, *dBC_part)
         du, ddelta, dz = (torch.from_numpy(g).transpose(1, 2) for g in grads)
         dB, dC = (torch.from_numpy(p).sum(dim=1).transpose(1, 2) for p in dBC_part)
         values = (du, ddelta, torch.from_numpy(dA_part).sum(dim=0).t(), dB, dC, torch.from_numpy(dD_part).sum(dim=0),

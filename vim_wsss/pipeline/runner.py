@@ -167,26 +167,21 @@ class Pipeline:
                 'history': history}
 
     def _maps(self, bb: Any, cls: StageResult, stage_dir: Path) -> Dict[str, Any]:
-        from vim_wsss.data.datasets import VOCClsDataset
-        from vim_wsss.wsss.seeds import compute_maps
-        from vim_wsss.wsss.train import load_classifier
+        from vim_wsss.wsss.seeds import make_seeds
 
-        model = load_classifier(bb.cls_config, cls.outputs['checkpoint'])
-        size = model.patch_embed.img_size[0] if hasattr(model.patch_embed, 'img_size') else None
-        dataset = VOCClsDataset(self.root, self.cfg.data.train_split, transform=dict(kind='eval', size=size))
-        result = compute_maps(model, dataset, stage_dir / 'maps', method=bb.method, start_layer=bb.get('start_layer'))
+        result = make_seeds(bb.cls_config, cls.outputs['checkpoint'], self.root, self.cfg.data.train_split,
+                            stage_dir / 'maps', method=bb.method, start_layer=bb.get('start_layer'))
         return {'dir': str(stage_dir / 'maps'), 'written': result['written'],
                 'no_label': result['skipped_no_label']}
 
     def _sweep(self, maps: StageResult, stage_dir: Path) -> Dict[str, Any]:
-        from vim_wsss.wsss.evaluate import sweep_bg_threshold
+        from vim_wsss.wsss.evaluate import sweep_seeds
 
-        out = {}
-        for key in ('maps', 'rw'):
-            res = sweep_bg_threshold(maps.outputs['dir'], self.root, self.cfg.seeds.thresholds, self.tune_names,
-                                     self.score_names, mask_dir=self.cfg.data.gt_dir, maps_key=key,
-                                     out_dir=stage_dir, tag=f'seeds_{key}')
-            out[key] = {'threshold': res['best_threshold'], 'miou': res['score']['miou'], 'png': res['png']}
+        d = self.cfg.data
+        res = sweep_seeds(maps.outputs['dir'], self.root, d.score_split, d.train_split, self.cfg.seeds.thresholds,
+                          keys=('maps', 'rw'), mask_dir=d.gt_dir, out_dir=stage_dir)
+        out = {key: {'threshold': r['best_threshold'], 'miou': r['score']['miou'], 'png': r['png']}
+               for key, r in res.items()}
         return {'seed_miou': out['maps']['miou'], 'threshold': out['maps']['threshold'], 'png': out['maps']['png'],
                 'rw_miou': out['rw']['miou'], 'rw_threshold': out['rw']['threshold']}
 
