@@ -11,7 +11,8 @@ from PIL import Image
 from vim_wsss.data.datasets import VOCClsDataset, VOCSegDataset, collate
 from vim_wsss.data.transforms import eval_transform, train_transform
 from vim_wsss.data.voc import (IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES, VOC_PALETTE, DataError, labels_from_masks,
-                               load_cls_labels, read_image, read_mask, read_split, save_cls_labels, save_mask)
+                               load_cls_labels, read_image, read_mask, read_mask_pair, read_split, save_cls_labels,
+                               save_mask)
 
 
 @pytest.fixture()
@@ -70,6 +71,51 @@ def test_split_lists_trainaug_alias_and_deeplab_lines(voc_copy):
     assert read_split(voc_copy, 'deeplab') == names
     (lists / 'ints.txt').write_text('2007_000032\n2007_000039\n')
     assert read_split(voc_copy, 'ints') == ['2007_000032', '2007_000039']  # names stay str (numpy int trap)
+
+
+def test_duplicate_names_in_a_split_are_rejected(voc_copy):
+    lists = voc_copy / 'ImageSets' / 'Segmentation'
+    names = read_split(voc_copy, 'val')
+    (lists / 'val.txt').write_text('\n'.join(names + [names[3], names[1], names[3]]) + '\n')
+    pattern = rf'split list {lists}/val.txt lists 2 name\(s\) more than once \({names[1]}, {names[3]}\).*one line per'
+    with pytest.raises(DataError, match=pattern):
+        read_split(voc_copy, 'val')
+    with pytest.raises(DataError, match='more than once'):
+        VOCSegDataset(voc_copy, 'val')
+
+
+def _write_16bit(path, samples):
+    """``samples`` uint16 ``(H, W)`` grey or ``(H, W, C)`` RGB / RGBA, written as a 16-bit PNG."""
+    import cv2
+
+    bgr = samples if samples.ndim == 2 else samples[..., [2, 1, 0, 3][:samples.shape[2]]]
+    assert cv2.imwrite(str(path), bgr)
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    grey = np.array([[0, 257, 40000, 65535]], np.uint16)
+    _write_16bit(tmp_path / 'grey.png', grey)
+    assert Image.open(tmp_path / 'grey.png').mode.startswith('I')  # what Pillow's convert('RGB') clipped to 255
+    np.testing.assert_array_equal(read_image(tmp_path / 'grey.png'), np.repeat([[[0], [1], [156], [255]]], 3, 2))
+    rgb = np.array([[[1000, 30000, 65535]]], np.uint16)
+    _write_16bit(tmp_path / 'rgb.png', rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / 'rgb.png'), [[[4, 117, 255]]])  # round(v / 257)
+    _write_16bit(tmp_path / 'rgba.png', np.array([[[1000, 30000, 65535, 7]]], np.uint16))
+    np.testing.assert_array_equal(read_image(tmp_path / 'rgba.png'), [[[4, 117, 255]]])
+
+
+def test_grey_palette_and_alpha_images_read_as_rgb_uint8(tmp_path):
+    Image.fromarray(np.full((2, 3), 77, np.uint8), 'L').save(tmp_path / 'grey.png')
+    Image.fromarray(np.full((2, 3, 2), [90, 3], np.uint8), 'LA').save(tmp_path / 'grey_alpha.png')
+    Image.fromarray(np.full((2, 3, 4), [1, 2, 3, 0], np.uint8), 'RGBA').save(tmp_path / 'rgba.png')
+    palette = Image.fromarray(np.full((2, 3), 5, np.uint8), 'P')
+    palette.putpalette(VOC_PALETTE)
+    palette.save(tmp_path / 'palette.png')
+    expected = {'grey': [77] * 3, 'grey_alpha': [90] * 3, 'rgba': [1, 2, 3], 'palette': VOC_PALETTE[15:18]}
+    for name, colour in expected.items():
+        image = read_image(tmp_path / f'{name}.png')
+        assert image.shape == (2, 3, 3) and image.dtype == np.uint8, name
+        np.testing.assert_array_equal(image[1, 2], colour, err_msg=name)
 
 
 def test_mask_roundtrip_is_a_palette_png(tmp_path):
@@ -215,10 +261,31 @@ def test_rgb_mask_is_rejected(voc_copy):
         read_mask(path)
 
 
-def test_size_mismatch_names_the_mask(voc_copy):
+def test_size_mismatch_names_both_files_and_sizes(voc_copy):
     name = read_split(voc_copy, 'val')[0]
     path = voc_copy / 'SegmentationClassAug' / f'{name}.png'
     save_mask(path, np.zeros((10, 12), np.uint8))
-    with pytest.raises(DataError, match=name):
+    pattern = rf'mask {path} is 10x12 \(HxW\) but image {voc_copy}/JPEGImages/{name}.jpg is 64x64.*regenerate'
+    with pytest.raises(DataError, match=pattern):
         VOCSegDataset(voc_copy, 'val')[0]
     assert VOCSegDataset(voc_copy, 'val', skip_bad=True).skipped == [name]
+    gt = voc_copy / 'SegmentationClass' / f'{name}.png'
+    with pytest.raises(DataError, match=rf'mask {path} is 10x12.*its ground truth {gt} is 64x64'):
+        read_mask_pair(path, gt)
+
+
+def test_errors_from_dataloader_workers_keep_their_one_line_message(voc_copy):
+    name = read_split(voc_copy, 'val')[0]
+    mask = read_mask(voc_copy / 'SegmentationClassAug' / f'{name}.png')
+    mask[0, 0] = 37
+    save_mask(voc_copy / 'SegmentationClassAug' / f'{name}.png', mask)
+    (voc_copy / 'JPEGImages' / f'{read_split(voc_copy, "train")[0]}.jpg').unlink()
+    for split, kind in (('val', DataError), ('train', FileNotFoundError)):
+        dataset = VOCSegDataset(voc_copy, split)
+        with pytest.raises(kind) as direct:
+            dataset[0]
+        loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=1, collate_fn=collate)
+        with pytest.raises(kind) as through_worker:
+            next(iter(loader))
+        assert str(through_worker.value) == str(direct.value) and '\n' not in str(direct.value)
+        assert 'Traceback' in through_worker.value.wrapped_message

@@ -1,13 +1,14 @@
 """VOC-format data: constants and IO (:mod:`.voc`), datasets, transforms and the synthetic generator."""
 from .voc import (IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, DataError,
-                  check_pair, check_root, labels_from_mask, labels_from_masks, load_cls_labels, read_image, read_mask,
-                  read_split, save_cls_labels, save_mask)
+                  MissingFileError, check_mask_values, check_pair, check_root, check_same_size, labels_from_mask,
+                  labels_from_masks, load_cls_labels, read_image, read_mask, read_mask_pair, read_name_list, read_split,
+                  save_cls_labels, save_mask)
 
 __all__ = [
     'IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'NUM_CLASSES', 'VOC_CLASSES', 'VOC_PALETTE', 'DataError',
-    'check_pair', 'check_root', 'labels_from_mask', 'labels_from_masks', 'load_cls_labels', 'read_image',
-    'read_mask', 'read_split', 'save_cls_labels', 'save_mask', 'VOCClsDataset', 'VOCSegDataset', 'collate',
-    'make_synthetic',
+    'MissingFileError', 'check_mask_values', 'check_pair', 'check_root', 'check_same_size', 'labels_from_mask',
+    'labels_from_masks', 'load_cls_labels', 'read_image', 'read_mask', 'read_mask_pair', 'read_name_list', 'read_split',
+    'save_cls_labels', 'save_mask', 'VOCClsDataset', 'VOCSegDataset', 'collate', 'make_synthetic',
 ]
 
 

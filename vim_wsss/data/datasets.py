@@ -21,8 +21,8 @@ from mmengine.registry import DATASETS, FUNCTIONS
 from torch.utils.data import Dataset
 
 from vim_wsss.data.transforms import eval_transform, train_transform
-from vim_wsss.data.voc import (DataError, check_pair, check_root, labels_from_masks, load_cls_labels, read_image,
-                               read_mask, read_split)
+from vim_wsss.data.voc import (DataError, MissingFileError, check_pair, check_root, labels_from_masks, load_cls_labels,
+                               read_image, read_mask, read_split)
 
 PathLike = Union[str, 'os.PathLike[str]']
 TransformLike = Union[Callable[..., Dict[str, Any]], Dict[str, Any], None]
@@ -178,14 +178,14 @@ class VOCSegDataset(_VOCBase):
         super().__init__(root, split, transform, skip_bad)
         self.mask_dir = Path(mask_dir) if Path(mask_dir).is_absolute() else self.root / mask_dir
         if not self.mask_dir.is_dir():
-            raise FileNotFoundError(f'mask folder {self.mask_dir} not found (expected SegmentationClass, '
-                                    f'SegmentationClassAug or a pseudo-mask folder).')
+            raise MissingFileError(f'mask folder {self.mask_dir} not found (expected SegmentationClass, '
+                                   f'SegmentationClassAug or a pseudo-mask folder).')
         self._drop_bad(self._load_pair)
 
     def _load_pair(self, name: str):
         image = read_image(self.image_path(name))
         mask = read_mask(self.mask_dir / f'{name}.png')
-        check_pair(image, mask, str(self.mask_dir / f'{name}.png'))
+        check_pair(image, mask, self.image_path(name), self.mask_dir / f'{name}.png')
         return image, mask
 
     def __getitem__(self, index: int) -> Dict[str, Any]:

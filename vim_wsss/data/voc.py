@@ -13,8 +13,10 @@ background), as ToCo's ``cls_labels_onehot.npy``; IRN's ``cls_labels.npy`` (int 
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from pathlib import Path
-from typing import Dict, Iterable, List, Union
+from typing import Dict, Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -35,8 +37,41 @@ SPLIT_DIR = Path('ImageSets') / 'Segmentation'
 SPLIT_ALIASES = {'train_aug': ('train_aug', 'trainaug'), 'trainaug': ('trainaug', 'train_aug')}
 
 
-class DataError(ValueError):
+_REGISTRY_PREFIX = re.compile(r'^(class `\w+` in [\w/.]+\.py: )+')
+
+
+def _original_message(cls: type, message: object) -> object:
+    """The message an exception was raised with, before torch's DataLoader or mmengine's registry rewrapped it.
+
+    A DataLoader worker's error reaches the main process as ``cls("Caught <cls> in DataLoader worker process
+    N.\\nOriginal Traceback ...\\n<module>.<cls>: <message>")``, and an error while mmengine builds a dataset as
+    ``cls("class `<Dataset>` in <module path>.py: <message>")``; both give ``<message>`` (others are unchanged).
+    """
+    if not isinstance(message, str):
+        return message
+    if message.startswith('Caught ') and '\nOriginal Traceback' in message:
+        marker = f'\n{cls.__module__}.{cls.__qualname__}: '
+        start = message.rfind(marker)
+        message = message[start + len(marker):].strip() if start >= 0 else message
+    return _REGISTRY_PREFIX.sub('', message)
+
+
+class _KeepsOwnMessage:
+    """Rebuilt by torch's DataLoader from a worker's traceback (or by mmengine's registry), the exception keeps
+    only its own message, so the console prints one line; the full text goes to ``wrapped_message``."""
+
+    def __init__(self, message: object = '', *args: object):
+        original = _original_message(type(self), message)
+        self.wrapped_message = message if original != message else None
+        super().__init__(original, *args)
+
+
+class DataError(_KeepsOwnMessage, ValueError):
     """Bad user data: the message names the file and the fix."""
+
+
+class MissingFileError(_KeepsOwnMessage, FileNotFoundError):
+    """A file or folder the data needs is missing: the message names it and the fix."""
 
 
 def _voc_palette() -> List[int]:
@@ -61,7 +96,7 @@ def check_root(root: PathLike) -> Path:
     """The VOC root as a Path; FileNotFoundError explaining the layout if it or JPEGImages is missing."""
     root = Path(root)
     if not (root / 'JPEGImages').is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f'VOC data root {root} has no JPEGImages/ folder. Point data_root at VOCdevkit/VOC2012 (with JPEGImages/, '
             f'SegmentationClass[Aug]/, ImageSets/Segmentation/*.txt), or generate the synthetic dataset with '
             f'`vim-wsss make-synthetic --out DIR`.')
@@ -71,25 +106,42 @@ def check_root(root: PathLike) -> Path:
 def split_path(root: PathLike, split: str) -> Path:
     """Path of a split list, accepting ``train_aug.txt`` and mmseg's ``trainaug.txt``."""
     root = Path(root)
+    if not (root / SPLIT_DIR).is_dir():
+        raise MissingFileError(f'VOC data root {root} has no {SPLIT_DIR}/ folder (the split lists); point --data-root '
+                               f'(or data_root) at VOCdevkit/VOC2012, or generate the synthetic dataset with '
+                               f'`vim-wsss make-synthetic --out DIR`.')
     for name in SPLIT_ALIASES.get(split, (split,)):
         path = root / SPLIT_DIR / f'{name}.txt'
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise MissingFileError(
         f'split list {root / SPLIT_DIR / (split + ".txt")} not found. Expected one image name per line under '
-        f'{root / SPLIT_DIR}/ (train.txt, train_aug.txt or trainaug.txt, val.txt); check the split name in the config.')
+        f'{root / SPLIT_DIR}/ (train.txt, train_aug.txt or trainaug.txt, val.txt); check the split name (--split '
+        f'or the config).')
 
 
 def read_split(root: PathLike, split: str) -> List[str]:
-    """Image names of a split, as str (never parsed as numbers).
+    """Image names of a split (``<root>/ImageSets/Segmentation/<split>.txt``), as str; see :func:`read_name_list`."""
+    return read_name_list(split_path(root, split))
+
+
+def read_name_list(path: PathLike) -> List[str]:
+    """Image names of a split list file, in file order, as str (never parsed as numbers).
 
     Accepts one name per line (VOC, ToCo, mmseg) and DeepLab-style lines
     ``/JPEGImages/<name>.jpg /SegmentationClassAug/<name>.png`` (the first column's file stem is the name).
+    DataError if the list is empty or names an image twice (it would be trained and scored twice).
     """
-    path = split_path(root, split)
+    path = Path(path)
     names = [Path(line.split()[0]).stem for line in path.read_text().splitlines() if line.strip()]
     if not names:
         raise DataError(f'split list {path} is empty.')
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+    if repeated:
+        shown = ', '.join(repeated[:5]) + (f' and {len(repeated) - 5} more' if len(repeated) > 5 else '')
+        raise DataError(f'split list {path} lists {len(repeated)} name(s) more than once ({shown}); an image listed '
+                        f'twice is trained on and scored twice: keep one line per image, e.g. '
+                        f'`awk \'!seen[$1]++\' {path.name} > fixed.txt` and replace the list with it.')
     return names
 
 
@@ -108,7 +160,7 @@ def load_cls_labels(path: PathLike) -> Dict[str, np.ndarray]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'class-label file {path} not found (expected cls_labels_onehot.npy, ToCo format).')
+        raise MissingFileError(f'class-label file {path} not found (expected cls_labels_onehot.npy, ToCo format).')
     try:
         raw = np.load(path, allow_pickle=True).item()
     except Exception as err:
@@ -148,18 +200,51 @@ def labels_from_masks(root: PathLike, names: Iterable[str], mask_dir: str = 'Seg
 
 
 def read_image(path: PathLike) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)``; DataError naming the file if it is missing, truncated or not an image."""
+    """RGB uint8 ``(H, W, 3)`` from any 8/16-bit image (grey, palette, RGBA alpha dropped, 16 bit scaled by 1/257).
+
+    MissingFileError / DataError naming the file if it is missing, truncated or not an image.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'image {path} is listed in the split but missing; restore it or remove it from '
-                                f'the split list.')
+        raise MissingFileError(f'image {path} is listed in the split but missing; restore it or remove it from '
+                               f'the split list.')
     try:
         with Image.open(path) as img:
+            deep = any(';16' in str(tile.args) for tile in img.tile)  # before load() empties img.tile
             img.load()
-            return np.asarray(img.convert('RGB'))
+            return _rgb_uint8(img, path, deep)
+    except DataError:
+        raise
     except Exception as err:
         raise DataError(f'cannot decode image {path} ({err}); the file is corrupt or truncated: re-extract it or '
-                        f'drop it from the split (or pass skip_bad=True).') from err
+                        f'remove its name from the split list.') from err
+
+
+def _rgb_uint8(img: Image.Image, path: Path, deep: bool) -> np.ndarray:
+    """A loaded PIL image as RGB uint8 ``(H, W, 3)``; ``deep``: its file stores 16 bits per sample."""
+    if img.mode.startswith('I'):  # 16-bit grey ('I;16*', or 'I' in older Pillow)
+        return np.repeat(_scale16(np.asarray(img))[..., None], 3, axis=2)
+    if deep:  # 16-bit colour: Pillow keeps only the high byte, so decode the full samples
+        return _read_deep_colour(path)
+    return np.asarray(img.convert('RGB'))
+
+
+def _scale16(values: np.ndarray) -> np.ndarray:
+    """16-bit samples (0..65535) -> uint8 (0..255), rounded (65535 / 257 = 255)."""
+    return np.clip(np.rint(values.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
+
+
+def _read_deep_colour(path: Path) -> np.ndarray:
+    """RGB uint8 ``(H, W, 3)`` of a 16-bit colour (or grey + alpha) image file."""
+    import cv2
+
+    data = cv2.imdecode(np.fromfile(str(path), np.uint8), cv2.IMREAD_UNCHANGED)
+    if data is None or data.dtype != np.uint16:
+        raise DataError(f'cannot decode the 16-bit image {path}; save it as an 8-bit RGB JPEG or PNG.')
+    if data.ndim == 2:
+        data = data[..., None]
+    rgb = data[..., [2, 1, 0]] if data.shape[2] >= 3 else np.repeat(data[..., :1], 3, axis=2)  # BGR(A) / grey (A)
+    return _scale16(rgb)
 
 
 def read_mask(path: PathLike, num_classes: int = NUM_CLASSES) -> np.ndarray:
@@ -169,8 +254,8 @@ def read_mask(path: PathLike, num_classes: int = NUM_CLASSES) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'mask {path} not found; check mask_dir (SegmentationClass / SegmentationClassAug / '
-                                f'a pseudo-mask folder).')
+        raise MissingFileError(f'mask {path} not found; check mask_dir (SegmentationClass / SegmentationClassAug / '
+                               f'a pseudo-mask folder).')
     try:
         with Image.open(path) as img:
             img.load()
@@ -184,11 +269,18 @@ def read_mask(path: PathLike, num_classes: int = NUM_CLASSES) -> np.ndarray:
     if mode not in ('P', 'L'):
         raise DataError(f'mask {path} has PIL mode {mode}; save it as an 8-bit class-index PNG (palette or '
                         f'grayscale; 0..20, 255 = ignore).')
+    check_mask_values(mask, path, num_classes)
+    return mask.astype(np.uint8)
+
+
+def check_mask_values(mask: np.ndarray, path: PathLike, num_classes: int = NUM_CLASSES) -> None:
+    """DataError naming the file if a class-index mask ``(H, W)`` holds values outside 0..num_classes-1 and 255."""
     bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(num_classes), IGNORE_INDEX])
     if bad.size:
-        raise DataError(f'mask {path} has label values {bad.tolist()} outside 0..{num_classes - 1} and 255; '
-                        f'regenerate it as a class-index PNG.')
-    return mask.astype(np.uint8)
+        shown = bad[:10].tolist() + (['...'] if bad.size > 10 else [])
+        raise DataError(f'mask {path} has label values {shown} outside 0..{num_classes - 1} and 255; masks must be '
+                        f'class-index PNGs (0 = background, 1..{num_classes - 1} = classes, 255 = ignore): '
+                        f'regenerate it (pseudo-masks: vim-wsss make-pseudo) or fix the file.')
 
 
 def save_mask(path: PathLike, mask: np.ndarray) -> Path:
@@ -205,8 +297,23 @@ def save_mask(path: PathLike, mask: np.ndarray) -> Path:
     return atomic_write(path, lambda tmp: img.save(tmp, format='PNG'))
 
 
-def check_pair(image: np.ndarray, mask: np.ndarray, name: str) -> None:
-    """DataError if image and mask sizes differ."""
-    if image.shape[:2] != mask.shape[:2]:
-        raise DataError(f'{name}: image is {image.shape[:2]} but its mask is {mask.shape[:2]}; the mask must have '
-                        f'the image size.')
+def check_pair(image: np.ndarray, mask: np.ndarray, image_path: PathLike, mask_path: PathLike) -> None:
+    """DataError naming both files and their sizes if a mask ``(H, W)`` does not match its image ``(H', W', ...)``."""
+    check_same_size(image.shape[:2], mask.shape[:2], f'image {image_path}', f'mask {mask_path}')
+
+
+def read_mask_pair(mask_path: PathLike, gt_path: PathLike, num_classes: int = NUM_CLASSES
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """A mask (pseudo-mask, prediction) and its ground truth, ``(H, W)`` uint8 each, checked to have one size."""
+    mask, gt = read_mask(mask_path, num_classes), read_mask(gt_path, num_classes)
+    check_same_size(gt.shape, mask.shape, f'its ground truth {gt_path}', f'mask {mask_path}')
+    return mask, gt
+
+
+def check_same_size(size: Sequence[int], other: Sequence[int], what: str, other_what: str) -> None:
+    """DataError if two ``(H, W)`` sizes differ, e.g. ``what='image a.jpg'``, ``other_what='mask a.png'``."""
+    size, other = tuple(int(v) for v in size), tuple(int(v) for v in other)
+    if size != other:
+        raise DataError(f'{other_what} is {other[0]}x{other[1]} (HxW) but {what} is {size[0]}x{size[1]}; a mask '
+                        f'must have the size of its image: regenerate the mask from this image (or replace the '
+                        f'file with the right one).')
