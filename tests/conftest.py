@@ -34,6 +34,12 @@ def _console_command():
     return [found]
 
 
+def _limit_file_size(max_bytes):
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+
 @pytest.fixture(scope='session')
 def run_cli():
     """``run_cli(*args, env=None, cwd=None, timeout=600)`` runs ``vim-wsss *args`` as a subprocess.
@@ -45,10 +51,11 @@ def run_cli():
 
     command = _console_command()
 
-    def run(*args, env=None, cwd=None, timeout=600):
+    def run(*args, env=None, cwd=None, timeout=600, max_file_bytes=None):
         full_env = {k: v for k, v in os.environ.items() if k != 'VIM_WSSS_TRUST_CHECKPOINT'}
         full_env.update(env or {})
+        limit = None if max_file_bytes is None else (lambda: _limit_file_size(max_file_bytes))
         return subprocess.run(command + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                              env=full_env, cwd=cwd)
+                              env=full_env, cwd=cwd, preexec_fn=limit)
 
     return run

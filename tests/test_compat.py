@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vim_wsss.compat import ensure_mmseg, patch_mmengine_load
+from vim_wsss.compat import ensure_mmseg, patch_mmengine_io
 from vim_wsss.compat.mmcv_ops import has_compiled_mmcv
 
 lite_only = pytest.mark.skipif(has_compiled_mmcv(), reason='compiled mmcv installed: the stand-in is not used')
@@ -73,7 +73,7 @@ def _mmengine_checkpoint(path):
     return model
 
 
-def test_patch_mmengine_load_is_scoped(tmp_path):
+def test_patch_mmengine_io_is_scoped(tmp_path):
     from mmengine.runner.checkpoint import CheckpointLoader, load_checkpoint
 
     path = tmp_path / 'iter_2.pth'
@@ -82,8 +82,8 @@ def test_patch_mmengine_load_is_scoped(tmp_path):
     with pytest.raises(Exception, match='[Ww]eights only load failed'):
         load_checkpoint(torch.nn.Linear(3, 2), str(path))  # what torch 2.14 does to mmengine 0.10.7 unpatched
     model = torch.nn.Linear(3, 2)
-    with patch_mmengine_load():
-        with patch_mmengine_load():  # re-entrant
+    with patch_mmengine_io():
+        with patch_mmengine_io():  # re-entrant
             ckpt = load_checkpoint(model, str(path))
         ckpt = load_checkpoint(model, str(path))
     torch.testing.assert_close(model.weight, saved.weight)
@@ -127,7 +127,7 @@ def test_runner_resume_inside_patch(tmp_path):
     first, second = CountIters(), CountIters()
     runner(2, False, first).train()
     assert (tmp_path / 'iter_2.pth').is_file() and first.seen == [0, 1]
-    with patch_mmengine_load():
+    with patch_mmengine_io():
         resumed = runner(3, True, second)
         resumed.train()
     assert second.seen == [2] and resumed.iter == 3  # picked up at iteration 2 from iter_2.pth

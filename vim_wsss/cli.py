@@ -34,6 +34,7 @@ DEBUG_ENV = 'VIM_WSSS_DEBUG'             # `vim-wsss --help` loads no stage's de
 USER_ERRNOS = {
     errno.ENOSPC: 'free disk space (or choose another --out / --work-dir) and re-run: finished outputs are kept',
     errno.EDQUOT: 'free disk space (or choose another --out / --work-dir) and re-run: finished outputs are kept',
+    errno.EFBIG: 'the file system (or a ulimit -f) refuses a file this large; free space or raise the limit',
     errno.EROFS: 'choose a writable --out / --work-dir',
     errno.EACCES: 'check the permissions, or choose another --out / --work-dir',
     errno.EPERM: 'check the permissions, or choose another --out / --work-dir',

@@ -64,3 +64,17 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def config_from_file(path: PathLike, folder: str) -> Any:
+    """``mmengine.Config.fromfile(path)``, with a missing file named together with where such configs live.
+
+    Args:
+        path: config file.
+        folder: the project's folder of such configs, for the message (e.g. 'configs/seg/').
+    """
+    from mmengine.config import Config
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f'config {path} not found; pass a config file (see {folder} for the shipped ones).')
+    return Config.fromfile(str(path))

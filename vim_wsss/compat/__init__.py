@@ -2,7 +2,7 @@
 
 Import mmseg through :func:`ensure_mmseg` (never ``import mmseg`` first): it installs the ``mmcv.ops`` stand-in
 when needed. Checkpoints go through :func:`vim_wsss.models.checkpoint.read_checkpoint`; mmengine's own loads (resume,
-``load_from``) through :func:`patch_mmengine_load`, which routes them there.
+``load_from``) through :func:`patch_mmengine_io`, which routes them there.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import sys
 import warnings
 from types import ModuleType
 
-from .checkpoint import patch_mmengine_load
+from .checkpoint import patch_mmengine_io
 
-__all__ = ['ensure_mmseg', 'patch_mmengine_load']
+__all__ = ['ensure_mmseg', 'patch_mmengine_io']
 
 
 def ensure_mmseg() -> ModuleType:

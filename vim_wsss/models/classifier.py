@@ -192,7 +192,11 @@ class MultiLabelMetric(BaseMetric):
 
 @HOOKS.register_module()
 class ClsMetricsHook(Hook):
-    """Append ``{'iter': n, **metrics}`` after each validation to ``<work_dir>/cls_metrics.json`` (atomic)."""
+    """Append ``{'iter': n, **metrics}`` after each validation to ``<work_dir>/cls_metrics.json`` (atomic).
+
+    Entries at or after the current iteration are dropped first: after a resume from an earlier checkpoint (a kill
+    between a validation and the next save), the history holds each iteration once, from the run that continued.
+    """
 
     priority = 'LOW'
 
@@ -203,5 +207,6 @@ class ClsMetricsHook(Hook):
             return
         path = Path(runner.work_dir) / METRICS_FILE
         history = json.loads(path.read_text()) if path.is_file() else []
+        history = [h for h in history if h['iter'] < runner.iter]  # a resumed run re-validates these
         history.append(dict(iter=int(runner.iter), **{k: float(v) for k, v in metrics.items()}))
         atomic_save_json(path, history)

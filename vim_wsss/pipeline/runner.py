@@ -29,6 +29,7 @@ from mmengine.config import Config
 from vim_wsss.pipeline.cache import StageCache, StageResult
 from vim_wsss.pipeline.progress import StageProgress
 from vim_wsss.pipeline.report import write_report
+from vim_wsss.utils import config_from_file
 
 PER_BACKBONE = ('cls', 'maps', 'sweep', 'pseudo', 'seg', 'seg_gt')
 
@@ -159,8 +160,8 @@ class Pipeline:
     def _train_cls(self, bb: Any, stage_dir: Path) -> Dict[str, Any]:
         from vim_wsss.wsss.train import read_cls_metrics, train_classifier
 
-        ckpt = train_classifier(bb.cls_config, stage_dir, {'data_root': str(self.root)}, resume=True
-                                if (stage_dir / 'last_checkpoint').is_file() else False)
+        resume = (stage_dir / 'last_checkpoint').is_file()  # the stage folder is the pipeline's own: else start over
+        ckpt = train_classifier(bb.cls_config, stage_dir, {'data_root': str(self.root)}, resume=resume, overwrite=True)
         history = read_cls_metrics(stage_dir)
         best = max((h for h in history if 'cls/mAP' in h), key=lambda h: h['cls/mAP'], default={})
         return {'checkpoint': str(ckpt), 'mAP': best.get('cls/mAP'), 'F1': best.get('cls/F1_macro'),
@@ -248,7 +249,7 @@ class Pipeline:
 def run_pipeline(config: str, work_dir: Optional[str] = None, cfg_options: Optional[Dict[str, Any]] = None,
                  only: Optional[Sequence[str]] = None, verbose: bool = False) -> Path:
     """Run a pipeline config end to end and return the path of ``report.md``."""
-    cfg = Config.fromfile(config)
+    cfg = config_from_file(config, 'configs/pipeline/')
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     work_dir = Path(work_dir or cfg.get('work_dir') or Path('work_dirs') / Path(config).stem)

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from vim_wsss.compat.checkpoint import patch_mmengine_load
-from vim_wsss.utils import atomic_save_json
+from vim_wsss.compat.checkpoint import patch_mmengine_io
+from vim_wsss.utils import atomic_save_json, config_from_file
 
 PathLike = Union[str, 'os.PathLike[str]']
 LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
@@ -19,7 +19,7 @@ LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 def load_config(cfg: Union[PathLike, Config], work_dir: Optional[PathLike] = None,
                 cfg_options: Optional[Dict[str, Any]] = None) -> Config:
     """Config from a file (or a copy of one) with ``--cfg-options``-style overrides and the work dir applied."""
-    cfg = Config.fromfile(str(cfg)) if not isinstance(cfg, Config) else Config(cfg.to_dict())
+    cfg = config_from_file(cfg, 'configs/seg/') if not isinstance(cfg, Config) else Config(cfg.to_dict())
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     if work_dir is not None:
@@ -75,7 +75,7 @@ def train_seg(cfg: Union[PathLike, Config], work_dir: PathLike, cfg_options: Opt
     if resume:
         cfg.resume = True
         cfg.load_from = None  # mmengine resumes from <work_dir>/last_checkpoint
-    with patch_mmengine_load():  # resume of our own mmengine checkpoints on torch >= 2.6
+    with patch_mmengine_io():  # safe resume of our own checkpoints (torch >= 2.6), atomic saves
         _runner(cfg).train()
     return last_checkpoint(cfg.work_dir)
 

@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 
 __all__ = ['train_classifier', 'load_classifier', 'load_config', 'set_data_root', 'find_checkpoint',
-           'read_cls_metrics', 'backbone_spec']
+           'read_cls_metrics', 'backbone_spec', 'previous_run']
 
 PathLike = Union[str, os.PathLike]
 DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+METRICS_NAME = 'cls_metrics.json'  # written by vim_wsss.models.classifier.ClsMetricsHook
 
 
 def set_data_root(cfg: Any, root: str) -> None:
@@ -39,10 +40,10 @@ def load_config(cfg: Union[PathLike, Any], cfg_options: Optional[Dict[str, Any]]
     """An mmengine ``Config`` from a path or a Config, with ``cfg_options`` merged (``data_root`` re-points data)."""
     from mmengine.config import Config
 
+    from vim_wsss.utils import config_from_file
+
     if isinstance(cfg, (str, os.PathLike)):
-        if not Path(cfg).is_file():
-            raise FileNotFoundError(f'config {cfg} not found (classifier configs live in configs/cls/).')
-        cfg = Config.fromfile(str(cfg))
+        cfg = config_from_file(cfg, 'configs/cls/')
     else:
         cfg = Config(cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg))
     options = dict(cfg_options or {})
@@ -89,12 +90,31 @@ def find_checkpoint(work_dir: PathLike, which: str = 'best') -> Path:
 
 def read_cls_metrics(work_dir: PathLike) -> list:
     """Validation history ``[{'iter': n, 'cls/mAP': ..., ...}, ...]`` of a run (empty if none)."""
-    path = Path(work_dir) / 'cls_metrics.json'
+    path = Path(work_dir) / METRICS_NAME
     return json.loads(path.read_text()) if path.is_file() else []
 
 
+def previous_run(work_dir: PathLike) -> list:
+    """Files a classifier run leaves in ``work_dir`` (checkpoints, their marker, the metrics history)."""
+    work_dir = Path(work_dir)
+    found = [work_dir / name for name in (METRICS_NAME, 'last_checkpoint') if (work_dir / name).is_file()]
+    return found + sorted(work_dir.glob('iter_*.pth')) + sorted(work_dir.glob('best_*.pth'))
+
+
+def _claim_work_dir(work_dir: PathLike, resume: bool, overwrite: bool) -> None:
+    """A fresh run refuses a folder holding another run (its metrics would mix in) unless told to overwrite it."""
+    found = previous_run(work_dir)
+    if resume or not found:
+        return
+    if not overwrite:
+        raise FileExistsError(f'{work_dir} holds a previous run ({", ".join(p.name for p in found[:3])}); pass '
+                              f'--resume to continue it, --overwrite to start over, or choose another --work-dir.')
+    for path in found:
+        path.unlink()
+
+
 def train_classifier(cfg: Union[PathLike, Any], work_dir: PathLike, cfg_options: Optional[Dict[str, Any]] = None,
-                     resume: bool = False) -> Path:
+                     resume: bool = False, overwrite: bool = False) -> Path:
     """Train the multi-label classifier of a config with mmengine's Runner.
 
     Args:
@@ -102,21 +122,24 @@ def train_classifier(cfg: Union[PathLike, Any], work_dir: PathLike, cfg_options:
         work_dir: run folder (logs, JSON scalars, checkpoints, ``cls_metrics.json``).
         cfg_options: overrides (dotted keys); ``data_root`` re-points every dataset.
         resume: continue from the last checkpoint in ``work_dir``.
+        overwrite: a fresh run (``resume=False``) deletes the checkpoints and metrics of a previous run in
+            ``work_dir``; without it such a folder is refused (``FileExistsError``).
 
     Returns:
         Path of the best checkpoint (by ``cls/mAP``), or the last one when no validation ran.
     """
     from mmengine.runner import Runner
 
-    from vim_wsss.compat.checkpoint import patch_mmengine_load
+    from vim_wsss.compat.checkpoint import patch_mmengine_io
 
     cfg = load_config(cfg, cfg_options)
     cfg.work_dir = str(work_dir)
     _check_splits(cfg)
+    _claim_work_dir(work_dir, resume, overwrite)
     if resume:
         cfg.resume = True
         cfg.load_from = None  # mmengine then finds <work_dir>/last_checkpoint
-    with patch_mmengine_load():  # resume of our own mmengine checkpoints on torch >= 2.6
+    with patch_mmengine_io():  # safe resume of our own checkpoints (torch >= 2.6), atomic saves
         Runner.from_cfg(cfg).train()
     return find_checkpoint(work_dir, 'best')
 
