@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -221,8 +222,25 @@ def _exit_with_parent(parent: int, interval: float = 0.5) -> None:
     os._exit(1)
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this process when its parent dies (PR_SET_PDEATHSIG); elsewhere a no-op."""
+    if not sys.platform.startswith('linux'):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _init_worker(parent: int) -> None:
+    """Pool initializer: one torch thread; exit with the parent, at once on Linux, else within the watchdog poll."""
     torch.set_num_threads(1)
+    _die_with_parent()
+    if os.getppid() != parent:  # died before the signal was armed
+        os._exit(1)
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
