@@ -9,5 +9,6 @@ ensure_mmseg()
 
 from .backbones import DeitBackbone, TokenBackbone, VimBackbone  # noqa: E402
 from .metric import PerClassIoUMetric  # noqa: E402
+from . import datasets, transforms  # noqa: E402,F401  (register the checked VOC dataset and loaders)
 
 __all__ = ['TokenBackbone', 'VimBackbone', 'DeitBackbone', 'PerClassIoUMetric']
