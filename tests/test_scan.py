@@ -163,7 +163,7 @@ def test_dispatch_settings(monkeypatch):
     with pytest.raises(ValueError, match='VIM_WSSS_SCAN'):
         get_scan_impl()
     with pytest.raises(ValueError, match='unknown'):
-        set_scan_impl('triton')
+        set_scan_impl('mamba')
     monkeypatch.delenv('VIM_WSSS_SCAN')
 
 

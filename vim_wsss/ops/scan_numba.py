@@ -13,9 +13,10 @@ caller's tensors are already channels-last views, as the ViM mixer's are). ``exp
 forward keeps the state every ``CHUNK`` steps; the backward recomputes each chunk from it and runs the adjoint
 recurrence in reverse, so training memory is about one ``(B, E, L)`` tensor per scan.
 
-Compile time: the kernels compile on first use (a few seconds) and are cached on disk (``cache=True``, in
-``__pycache__`` beside this file, or numba's user cache dir when that is read-only; ``NUMBA_CACHE_DIR`` moves it);
-later processes load them in well under a second. There is one compiled signature per kernel: every argument is
+Compile time: the two kernels compile on first use, 20-45 s together on a busy 2-core machine (the forward on the
+first call, the backward on the first backward), and are cached on disk (``cache=True``, in ``__pycache__`` beside
+this file, or numba's user cache dir when that is read-only; ``NUMBA_CACHE_DIR`` moves it, e.g. to a CI cache);
+later processes load them in about half a second. Editing this file invalidates the cache. There is one compiled signature per kernel: every argument is
 converted to C-contiguous fp32 and absent optional inputs are passed as placeholders.
 
 Threads: each call runs on ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)`` numba threads, so

@@ -19,15 +19,17 @@ Everything is accumulated in fp32; the output has u's dtype.
   in reverse. Same arithmetic as the reference, so it agrees to fp32 rounding.
 * ``'numba'`` :func:`vim_wsss.ops.scan_numba.selective_scan_numba`, a compiled CPU kernel (forward and backward,
   parallel over batch x channel blocks, compile-once disk cache; see that module for compile time and threads).
+* ``'triton'`` :func:`vim_wsss.ops.scan_triton.selective_scan_triton`, a Triton kernel for CUDA tensors (forward and
+  backward; on CPU only under Triton's interpreter, ``TRITON_INTERPRET=1``, which the tests use).
 * ``'cuda'`` mamba-ssm's ``selective_scan_fn`` kernel, used when it is importable and the tensors are on CUDA.
 
-Choose with :func:`set_scan_impl` (``'auto' | 'ref' | 'fast' | 'numba' | 'cuda'``), the environment variable
-``VIM_WSSS_SCAN``, the context manager :func:`scan_impl`, or the ``impl`` argument of :func:`selective_scan`.
-``'auto'`` picks the CUDA kernel for CUDA tensors when it is installed, ``'numba'`` for CPU tensors when numba imports
-(else ``'fast'``, with a one-time warning giving the import error), and ``'fast'`` otherwise.
+Choose with :func:`set_scan_impl` (one of ``SCAN_IMPLS``), the environment variable ``VIM_WSSS_SCAN``, the context
+manager :func:`scan_impl`, or the ``impl`` argument of :func:`selective_scan`. ``'auto'`` picks, for CUDA tensors,
+mamba-ssm's kernel when it is installed, else the Triton kernel when triton imports, else ``'fast'``; for CPU
+tensors ``'numba'`` when numba imports, else ``'fast'`` (with a one-time warning giving the import error).
 
 ``selective_scan(..., reverse=True)`` scans from the last token to the first (the ViM backward direction); the numba
-kernel does this natively, the other implementations flip their sequence inputs and output.
+and Triton kernels do this natively, the other implementations flip their sequence inputs and output.
 """
 from __future__ import annotations
 
@@ -43,10 +45,10 @@ import torch.nn.functional as F
 __all__ = [
     'selective_scan', 'selective_scan_ref', 'selective_scan_fast', 'selective_scan_cuda',
     'set_scan_impl', 'get_scan_impl', 'resolve_scan_impl', 'scan_impl', 'cuda_kernel_available', 'numba_available',
-    'SCAN_IMPLS',
+    'triton_available', 'SCAN_IMPLS',
 ]
 
-SCAN_IMPLS = ('auto', 'ref', 'fast', 'numba', 'cuda')
+SCAN_IMPLS = ('auto', 'ref', 'fast', 'numba', 'triton', 'cuda')
 ENV_VAR = 'VIM_WSSS_SCAN'
 CUDA_INSTALL_HINT = (
     "mamba-ssm's CUDA selective-scan kernel is not available. It needs a CUDA build of torch and nvcc; install with\n"
@@ -60,6 +62,8 @@ _cuda_fn: Optional[Callable] = None
 _cuda_checked = False
 _numba_fn: Optional[Callable] = None
 _numba_error: Optional[str] = None  # why numba could not be imported, once tried
+_triton_fn: Optional[Callable] = None
+_triton_error: Optional[str] = None
 
 ScanOutput = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
@@ -78,7 +82,7 @@ def set_scan_impl(name: Optional[str]) -> None:
     """Set the process-wide scan implementation.
 
     Args:
-        name: 'auto', 'ref', 'fast', 'numba' or 'cuda'; None goes back to the environment variable ``VIM_WSSS_SCAN``
+        name: one of ``SCAN_IMPLS``; None goes back to the environment variable ``VIM_WSSS_SCAN``
             (default 'auto').
     """
     global _impl_override
@@ -90,6 +94,8 @@ def set_scan_impl(name: Optional[str]) -> None:
         raise RuntimeError(CUDA_INSTALL_HINT)
     if name == 'numba' and not numba_available():
         raise RuntimeError(_numba_hint())
+    if name == 'triton' and not triton_available():
+        raise RuntimeError(_triton_hint())
     _impl_override = name
 
 
@@ -155,6 +161,40 @@ def _numba_hint() -> str:
             f"(requirements.txt), or use scan impl 'fast' (pure PyTorch), e.g. VIM_WSSS_SCAN=fast.")
 
 
+def _load_triton_kernel() -> Optional[Callable]:
+    global _triton_fn, _triton_error
+    if _triton_fn is None and _triton_error is None:
+        try:
+            from .scan_triton import selective_scan_triton
+        except Exception as err:  # ImportError, or a triton that fails to initialise
+            _triton_error = f'{type(err).__name__}: {err}'
+        else:
+            _triton_fn = selective_scan_triton
+    return _triton_fn
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+
+def triton_available() -> bool:
+    """True when the Triton scan imports and can run here (CUDA, or Triton's interpreter)."""
+    if not (torch.cuda.is_available() or _triton_interpreted()):
+        return False
+    return _load_triton_kernel() is not None
+
+
+def _triton_hint() -> str:
+    reason = _triton_error or 'no CUDA device (set TRITON_INTERPRET=1 to run it interpreted on CPU, for tests)'
+    return f"selective scan impl 'triton' is not available: {reason}. Triton ships with CUDA builds of torch."
+
+
+def _auto_cuda_impl() -> str:
+    if _load_cuda_kernel() is not None:
+        return 'cuda'
+    return 'triton' if _load_triton_kernel() is not None else 'fast'
+
+
 def _auto_cpu_impl() -> str:
     if numba_available():
         return 'numba'
@@ -170,14 +210,17 @@ def resolve_scan_impl(u: torch.Tensor, impl: Optional[str] = None) -> str:
         impl: explicit name, or None for :func:`get_scan_impl`.
 
     Returns:
-        'ref', 'fast', 'numba' or 'cuda'. 'auto' is 'cuda' for CUDA tensors with mamba-ssm installed, 'numba' for CPU
-        tensors when numba imports (else 'fast', warning once why), 'fast' otherwise.
+        a concrete name. 'auto' is, for CUDA tensors, 'cuda' with mamba-ssm installed, else 'triton' when triton
+        imports, else 'fast'; for CPU tensors 'numba' when numba imports (else 'fast', warning once why).
     """
     name = get_scan_impl() if impl is None else _validate_name(impl, 'selective_scan(impl=...)')
     if name == 'auto':
         if u.is_cuda:
-            return 'cuda' if _load_cuda_kernel() is not None else 'fast'
+            return _auto_cuda_impl()
         return _auto_cpu_impl() if u.device.type == 'cpu' else 'fast'
+    if name == 'triton':
+        if _load_triton_kernel() is None or not (u.is_cuda or _triton_interpreted()):
+            raise RuntimeError(_triton_hint())
     if name == 'numba':
         if _load_numba_kernel() is None:
             raise RuntimeError(_numba_hint())
@@ -486,9 +529,13 @@ def _numba_entry(*args, **kwargs) -> ScanOutput:
     return _load_numba_kernel()(*args, **kwargs)
 
 
+def _triton_entry(*args, **kwargs) -> ScanOutput:
+    return _load_triton_kernel()(*args, **kwargs)
+
+
 _IMPL_FUNCTIONS = {'ref': selective_scan_ref, 'fast': selective_scan_fast, 'numba': _numba_entry,
-                   'cuda': selective_scan_cuda}
-_NATIVE_REVERSE = ('numba',)
+                   'triton': _triton_entry, 'cuda': selective_scan_cuda}
+_NATIVE_REVERSE = ('numba', 'triton')
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
