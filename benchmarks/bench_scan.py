@@ -1,8 +1,12 @@
-"""Selective-scan benchmark: the fast pure-PyTorch scan vs the sequential reference, plus backbone throughput.
+"""Selective-scan benchmark: the compiled CPU scan (numba) and the fast pure-PyTorch scan vs the sequential reference.
 
 Scan shapes are ViM-S's (E=768, N=16) at L=197 (224 / patch 16) and L=785 (448 crops), batch 1 and 8, forward and
-forward+backward. The reference is mamba-ssm's ``selective_scan_ref`` when importable, else ours (same algorithm).
-Every ratio is measured in the same run. Also reports ViM-S and DeiT-S forward images/s (batch 8, 224, no grad).
+forward+backward, each at 1 and 2 threads (``torch.set_num_threads``; the numba kernel follows it). Inputs are laid
+out as the ViM mixer produces them (channels-last views, ``delta`` before bias + softplus, which the scan applies).
+The reference is mamba-ssm's ``selective_scan_ref`` when importable, else ours (same algorithm); it is timed once,
+at the largest thread count, and every implementation's outputs and gradients are compared with it. Every ratio is
+measured in the same run. With CUDA present the fast path, the Triton kernel and mamba-ssm's kernel (when installed)
+are also timed on the GPU. Model-level ratios (ViM-S vs DeiT-S, training steps) are in ``bench_models.py``.
 
 Usage::
 
@@ -25,8 +29,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from vim_wsss.models import create_model
-from vim_wsss.ops import scan_impl, selective_scan_fast, selective_scan_ref
+from vim_wsss.ops import (cuda_kernel_available, numba_available, selective_scan, selective_scan_fast, selective_scan_ref,
+                          triton_available)
 from vim_wsss.utils import atomic_save_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'bench_scan.json')
@@ -46,14 +50,17 @@ def load_reference() -> Tuple[Callable, str]:
 
 
 def scan_inputs(batch: int, length: int, dim: int = 768, dstate: int = 16, seed: int = 0) -> Dict[str, torch.Tensor]:
-    """Random ViM-like scan inputs (delta goes through bias + softplus as in the model)."""
+    """Random ViM-like scan inputs (delta goes through bias + softplus as in the model), channels-last views."""
     g = torch.Generator().manual_seed(seed)
+
     def rnd(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=g)
 
-    return dict(u=rnd(batch, dim, length), delta=rnd(batch, dim, length) - 2, A=-torch.exp(rnd(dim, dstate) * 0.5),
-                B=rnd(batch, dstate, length), C=rnd(batch, dstate, length), D=rnd(dim), z=rnd(batch, dim, length),
-                delta_bias=rnd(dim) * 0.5)
+    def seq(channels: int, shift: float = 0.0) -> torch.Tensor:  # (B, X, L) view of a (B, L, X) tensor
+        return (rnd(batch, length, channels) + shift).transpose(1, 2)
+
+    return dict(u=seq(dim), delta=seq(dim, -2.0), A=-torch.exp(rnd(dim, dstate) * 0.5), B=seq(dstate), C=seq(dstate),
+                D=rnd(dim), z=seq(dim), delta_bias=rnd(dim) * 0.5)
 
 
 def call(fn: Callable, inputs: Dict[str, torch.Tensor], backward: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
@@ -85,68 +92,88 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
 
 
-def bench_scan(shapes: List[Tuple[int, int]], reference: Callable, repeats: int,
-               ref_bwd_limit: float) -> List[Dict[str, object]]:
+def implementations(device: str) -> Dict[str, Callable]:
+    """The scans timed on ``device``: 'fast' always (on CUDA the loop of small kernels), 'numba' on CPU when it
+    imports, on CUDA 'triton' when it imports and mamba-ssm's 'cuda' kernel when installed."""
+    names = ['numba'] if device == 'cpu' and numba_available() else []
+    if device == 'cuda':
+        names += ['triton'] if triton_available() else []
+        names += ['cuda'] if cuda_kernel_available() else []
+    impls = {'fast': selective_scan_fast}
+    for name in names:
+        impls[name] = lambda *a, _name=name, **k: selective_scan(*a, impl=_name, **k)
+    return impls
+
+
+def reference_errors(reference: Callable, impls: Dict[str, Callable], inputs: Dict[str, torch.Tensor],
+                     backward: bool) -> Tuple[float, Dict[str, float]]:
+    """Time the reference once; max relative error (outputs and all gradients) of each implementation against it."""
+    t_ref = timed(lambda: call(reference, inputs, backward), 1, 0)
+    ref_out, ref_grads = call(reference, inputs, backward)
+    errors = {}
+    for name, fn in impls.items():
+        out, grads = call(fn, {k: v.to(ref_out.device) for k, v in inputs.items()}, backward)
+        errors[name] = max([rel_err(out.cpu(), ref_out)] + [rel_err(a.cpu(), b) for a, b in zip(grads, ref_grads)])
+    return t_ref, errors
+
+
+def bench_scan(shapes: List[Tuple[int, int]], reference: Callable, repeats: int, ref_bwd_limit: float,
+               threads: List[int], device: str = 'cpu') -> List[Dict[str, object]]:
+    """One row per (shape, mode, thread count): time per implementation, speedup of each over 'fast', and (at the
+    largest thread count, CPU only) the reference time and every implementation's error against it."""
     rows = []
+    impls = implementations(device)
     for length, batch in shapes:
-        inputs = scan_inputs(batch, length)
+        inputs = {k: v.to(device) for k, v in scan_inputs(batch, length).items()}
         for backward in (False, True):
-            row = dict(L=length, batch=batch, E=768, N=16, mode='fwd+bwd' if backward else 'fwd')
-            t_fast = timed(lambda: call(selective_scan_fast, inputs, backward), repeats, warmup=1)
-            row.update(fast_ms=1e3 * t_fast, ref_ms=None, speedup=None, max_rel_err_out=None, max_rel_err=None)
-            # autograd through the reference's per-step slicing costs O(L^2 * B * E * N): skip the largest case
-            if not backward or batch * length * length * 768 * 16 <= ref_bwd_limit:
-                # timed run first (cold, like a user's call), then the outputs/gradients for the error
-                t_ref = timed(lambda: call(reference, inputs, backward), 1 if backward else max(1, repeats // 2), 0)
-                ref_out, ref_grads = call(reference, inputs, backward)
-                fast_out, fast_grads = call(selective_scan_fast, inputs, backward)
-                errors = [rel_err(fast_out, ref_out)] + [rel_err(a, b) for a, b in zip(fast_grads, ref_grads)]
-                row.update(ref_ms=1e3 * t_ref, speedup=t_ref / t_fast, max_rel_err_out=errors[0],
-                           max_rel_err=max(errors))
-            rows.append(row)
-            print_row(row)
+            for n_threads in threads:
+                torch.set_num_threads(n_threads)
+                row = dict(device=device, L=length, batch=batch, E=768, N=16, mode='fwd+bwd' if backward else 'fwd',
+                           threads=n_threads, ref_ms=None, errors=None)
+                for name, fn in impls.items():
+                    row[f'{name}_ms'] = 1e3 * timed(lambda: call(fn, inputs, backward), repeats, warmup=1)
+                for name in impls:
+                    row[f'{name}_vs_fast'] = row['fast_ms'] / row[f'{name}_ms']
+                # autograd through the reference's per-step slicing costs O(L^2 * B * E * N): skip the largest case
+                small = not backward or batch * length * length * 768 * 16 <= ref_bwd_limit
+                if device == 'cpu' and n_threads == threads[-1] and small:
+                    t_ref, row['errors'] = reference_errors(reference, impls, inputs, backward)
+                    row['ref_ms'] = 1e3 * t_ref
+                rows.append(row)
+                print_row(row, list(impls))
     return rows
 
 
-def bench_models(batch: int, img_size: int, repeats: int) -> List[Dict[str, object]]:
-    rows = []
-    x = torch.randn(batch, 3, img_size, img_size)
-    for name in ('vim_small_patch16_224', 'deit_s_patch16_224'):
-        model = create_model(name, img_size=img_size).eval()
-        with torch.no_grad(), scan_impl('fast'):
-            seconds = timed(lambda: model(x), repeats, warmup=1)
-        rows.append(dict(model=name, batch=batch, img_size=img_size, scan='fast' if 'vim' in name else '-',
-                         seconds_per_batch=seconds, images_per_s=batch / seconds))
-        print(f'{name:24s} batch {batch} {img_size}px: {batch / seconds:7.2f} images/s ({seconds:.3f} s/batch)')
-    return rows
-
-
-def print_row(row: Dict[str, object]) -> None:
-    head = f"L={row['L']:4d} B={row['batch']} {row['mode']:8s} fast {row['fast_ms']:8.1f} ms  "
-    if row['ref_ms'] is None:
-        print(head + 'ref skipped (--ref-bwd-limit)', flush=True)
-        return
-    print(head + f"ref {row['ref_ms']:10.1f} ms  x{row['speedup']:6.1f}  "
-          f"max rel err out {row['max_rel_err_out']:.1e} / outputs+grads {row['max_rel_err']:.1e}", flush=True)
+def print_row(row: Dict[str, object], names: List[str]) -> None:
+    head = f"{row['device']:4s} L={row['L']:4d} B={row['batch']} {row['mode']:8s} {row['threads']}T "
+    times = '  '.join(f"{n} {row[f'{n}_ms']:8.1f} ms (x{row[f'{n}_vs_fast']:4.1f})" for n in names)
+    tail = ''
+    if row['ref_ms'] is not None:
+        errors = ' '.join(f'{n} {e:.1e}' for n, e in row['errors'].items())
+        tail = f"  ref {row['ref_ms']:9.1f} ms  max rel err vs ref: {errors}"
+    print(head + times + tail, flush=True)
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help='small shapes, one repeat (smoke run)')
     parser.add_argument('--out', default=RESULTS, help='JSON output path')
+    parser.add_argument('--threads', type=int, nargs='+', default=[1, 2], help='thread counts to time')
     parser.add_argument('--ref-bwd-limit', type=float, default=1e10,
                         help='skip the reference fwd+bwd when B*L*L*E*N exceeds this (its autograd is quadratic in L)')
     args = parser.parse_args(argv)
     reference, ref_name = load_reference()
-    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, reference: {ref_name}')
+    print(f'torch {torch.__version__}, threads {args.threads}, reference: {ref_name}, numba: {numba_available()}')
     if args.quick:
-        shapes, repeats, model_batch, model_size = [(65, 1), (65, 2)], 1, 1, 64
+        shapes, repeats = [(65, 1), (65, 2)], 1
     else:
-        shapes, repeats, model_batch, model_size = [(197, 1), (197, 8), (785, 1), (785, 8)], 3, 8, 224
-    scan_rows = bench_scan(shapes, reference, repeats, args.ref_bwd_limit)
-    model_rows = bench_models(model_batch, model_size, repeats)
-    payload = dict(torch=torch.__version__, threads=torch.get_num_threads(), cpu=platform.processor() or
-                   platform.machine(), reference=ref_name, quick=args.quick, scan=scan_rows, models=model_rows)
+        shapes, repeats = [(197, 1), (197, 8), (785, 1), (785, 8)], 3
+    rows = bench_scan(shapes, reference, repeats, args.ref_bwd_limit, sorted(args.threads))
+    if torch.cuda.is_available():
+        rows += bench_scan(shapes, reference, repeats, 0, [torch.get_num_threads()], device='cuda')
+    payload = dict(torch=torch.__version__, threads=sorted(args.threads), cpu=platform.processor() or
+                   platform.machine(), gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                   reference=ref_name, quick=args.quick, scan=rows)
     atomic_save_json(args.out, payload)
     print(f'wrote {args.out}')
     return payload
