@@ -4,7 +4,7 @@ Scan shapes are ViM-S's (E=768, N=16) at L=197 (224 / patch 16) and L=785 (448 c
 forward+backward, each at 1 and 2 threads (``torch.set_num_threads``; the numba kernel follows it). Inputs are laid
 out as the ViM mixer produces them (channels-last views, ``delta`` before bias + softplus, which the scan applies).
 The reference is mamba-ssm's ``selective_scan_ref`` when importable, else ours (same algorithm); it is timed once,
-at the largest thread count, and every implementation's outputs and gradients are compared with it. Every ratio is
+at the smallest thread count, and every implementation's outputs and gradients are compared with it. Every ratio is
 measured in the same run. With CUDA present the fast path, the Triton kernel and mamba-ssm's kernel (when installed)
 are also timed on the GPU. Model-level ratios (ViM-S vs DeiT-S, training steps) are in ``bench_models.py``.
 
@@ -120,7 +120,7 @@ def reference_errors(reference: Callable, impls: Dict[str, Callable], inputs: Di
 def bench_scan(shapes: List[Tuple[int, int]], reference: Callable, repeats: int, ref_bwd_limit: float,
                threads: List[int], device: str = 'cpu') -> List[Dict[str, object]]:
     """One row per (shape, mode, thread count): time per implementation, speedup of each over 'fast', and (at the
-    largest thread count, CPU only) the reference time and every implementation's error against it."""
+    smallest thread count, CPU only) the reference time and every implementation's error against it."""
     rows = []
     impls = implementations(device)
     for length, batch in shapes:
@@ -136,7 +136,7 @@ def bench_scan(shapes: List[Tuple[int, int]], reference: Callable, repeats: int,
                     row[f'{name}_vs_fast'] = row['fast_ms'] / row[f'{name}_ms']
                 # autograd through the reference's per-step slicing costs O(L^2 * B * E * N): skip the largest case
                 small = not backward or batch * length * length * 768 * 16 <= ref_bwd_limit
-                if device == 'cpu' and n_threads == threads[-1] and small:
+                if device == 'cpu' and n_threads == threads[0] and small:
                     t_ref, row['errors'] = reference_errors(reference, impls, inputs, backward)
                     row['ref_ms'] = 1e3 * t_ref
                 rows.append(row)
