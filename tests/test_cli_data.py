@@ -94,8 +94,6 @@ def test_eval_masks_rejects_duplicate_names(run_cli, voc):
     assert_user_error(result, rf'val.txt lists 1 name\(s\) more than once \({names[4]}\)', 'one line per image')
 
 
-@pytest.mark.xfail(strict=True, reason='vim_wsss/wsss/evaluate.py eval_masks pairs masks without a size check '
-                   '(plain ValueError); fix: read both with vim_wsss.data.voc.read_mask_pair')
 def test_eval_masks_names_both_files_of_a_size_mismatch(run_cli, voc):
     name = read_split(voc, 'val')[2]
     pred = voc.parent / 'pseudo'

@@ -60,14 +60,10 @@ def load_model(name: str, checkpoint: Optional[str], num_classes: Optional[int],
 
 
 def read_image(path: str, size: Sequence[int]) -> np.ndarray:
-    """RGB uint8 ``(H, W, 3)`` resized (bilinear) to ``size`` = (H, W)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'image {path} not found; pass existing image files.')
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f'{path} is not an image OpenCV can read; convert it to PNG or JPEG.')
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-    return cv2.resize(rgb, (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+    """RGB uint8 ``(H, W, 3)`` (read as every stage reads images: 16-bit, grey, palette handled) resized to ``size``."""
+    from vim_wsss.data.voc import read_image as read_rgb
+
+    return cv2.resize(read_rgb(path), (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:

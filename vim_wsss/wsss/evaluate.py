@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from vim_wsss.data.voc import (IGNORE_INDEX, NUM_CLASSES, VOC_CLASSES, VOC_PALETTE, DataError, read_image, read_mask,
-                               read_split)
+                               read_mask_pair, read_split)
 from vim_wsss.metrics import SegConfusion
 
 from .seeds import load_map_file, map_path, seeds_from_maps, upsample_maps
@@ -111,7 +111,7 @@ def eval_masks(pred_dir: PathLike, gt_root: PathLike, split: Optional[str] = Non
         if not pred_file.is_file():
             raise FileNotFoundError(f'mask {pred_file} missing: {pred_dir} does not cover split {split!r}; '
                                     'run make-pseudo for the same names (it resumes).')
-        scorer.update(read_mask(pred_file), read_mask(gt_root / mask_dir / f'{name}.png'), name)
+        scorer.update(*read_mask_pair(pred_file, gt_root / mask_dir / f'{name}.png'), name)
     return scorer.result()
 
 
