@@ -19,14 +19,14 @@ from typing import Dict, Tuple
 import torch
 
 
-def _randn(shapes: Dict[str, Tuple[int, ...]], seed: int) -> Dict[str, torch.Tensor]:
+def _randn(shapes: Dict[str, Tuple[int, ...]], seed: int, scale: float) -> Dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(s, generator=g) * 0.5 + 0.1 for k, s in shapes.items()}
+    return {k: torch.randn(s, generator=g) * scale + 0.1 for k, s in shapes.items()}
 
 
 def official_vim_state_dict(dim, depth=24, num_patches=196, num_classes=1000, patch=16, d_state=16, d_conv=4,
-                            seed=0) -> Dict[str, torch.Tensor]:
-    """Random tensors under the official Vim key names and shapes (E = 2D, R = ceil(D / 16))."""
+                            seed=0, scale=0.5) -> Dict[str, torch.Tensor]:
+    """Random tensors (``0.1 + scale * N(0, 1)``) under the official Vim key names and shapes (E = 2D, R = ceil(D/16))."""
     E, R, N = 2 * dim, math.ceil(dim / 16), d_state
     shapes = {'patch_embed.proj.weight': (dim, 3, patch, patch), 'patch_embed.proj.bias': (dim,),
               'cls_token': (1, 1, dim), 'pos_embed': (1, num_patches + 1, dim), 'norm_f.weight': (dim,),
@@ -41,11 +41,11 @@ def official_vim_state_dict(dim, depth=24, num_patches=196, num_classes=1000, pa
         shapes.update({f'layers.{i}.mixer.in_proj.weight': (2 * E, dim), f'layers.{i}.mixer.A_log': (E, N),
                        f'layers.{i}.mixer.A_b_log': (E, N), f'layers.{i}.mixer.D': (E,), f'layers.{i}.mixer.D_b': (E,),
                        f'layers.{i}.mixer.out_proj.weight': (dim, E), f'layers.{i}.norm.weight': (dim,)})
-    return _randn(shapes, seed)
+    return _randn(shapes, seed, scale)
 
 
 def official_deit_state_dict(dim, depth=12, heads=6, num_patches=196, num_classes=1000, patch=16, mlp_ratio=4,
-                             seed=0) -> Dict[str, torch.Tensor]:
+                             seed=0, scale=0.5) -> Dict[str, torch.Tensor]:
     """Random tensors under the DeiT release's (= timm's) key names and shapes; ``heads`` only fixes D % heads."""
     assert dim % heads == 0
     hidden = dim * mlp_ratio
@@ -59,7 +59,7 @@ def official_deit_state_dict(dim, depth=12, heads=6, num_patches=196, num_classe
                        b + 'attn.qkv.bias': (3 * dim,), b + 'attn.proj.weight': (dim, dim), b + 'attn.proj.bias': (dim,),
                        b + 'norm2.weight': (dim,), b + 'norm2.bias': (dim,), b + 'mlp.fc1.weight': (hidden, dim),
                        b + 'mlp.fc1.bias': (hidden,), b + 'mlp.fc2.weight': (dim, hidden), b + 'mlp.fc2.bias': (dim,)})
-    return _randn(shapes, seed)
+    return _randn(shapes, seed, scale)
 
 
 def _adamw_state(state_dict: Dict[str, torch.Tensor]) -> dict:

@@ -22,6 +22,8 @@ seeds = dict(
     high=None,
     low=None,
 )
+# relevance maps of train_split: rw = also the affinity random-walk maps (needed by 'rw' in the chain below)
+maps = dict(rw=True, batch_size=8)
 # refinement chain, in order, from 'rw' (affinity random walk), 'par', 'crf'; the random-walk seeds are always scored
 # (report row 'seeds + random walk'), so the chain can leave 'rw' out where it does not help (tiny untrained affinity)
 pseudo = dict(refine=['par', 'crf'], workers=2)
@@ -29,6 +31,8 @@ pseudo = dict(refine=['par', 'crf'], workers=2)
 # Both backbones use Chefer's gradient-weighted rollout: on DeiT's attention, and on ViM's full implicit attention
 # (the paper's formula). On the tiny from-scratch ViM it scores seeds 62 where the class-token-row 'ours' gets 29:
 # information reaches the class token over several layers along the scan, which only full matrices follow.
+# per backbone: the stage configs, the attribution method, and optional cls_options / seg_options (cfg_options of
+# the classifier / segmentation configs, e.g. cls_options={'train_cfg.max_iters': 100}; part of the stage hash)
 backbones = dict(
     vim=dict(
         cls_config='configs/cls/vim-mini_synthetic-64.py',

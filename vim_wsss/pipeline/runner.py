@@ -39,6 +39,12 @@ def config_digest(path: str) -> str:
     return hashlib.sha256(Config.fromfile(path).pretty_text.encode()).hexdigest()
 
 
+def _options(bb: Any, key: str) -> Dict[str, Any]:
+    """A backbone's ``cls_options`` / ``seg_options`` (cfg_options for its stage configs) as stage parameters."""
+    opts = dict(bb.get(key) or {})
+    return {key: opts} if opts else {}
+
+
 class Pipeline:
     """One pipeline config, run stage by stage with caching.
 
@@ -59,6 +65,17 @@ class Pipeline:
         plan = [('data', expected.get('data', 10)), ('baselines', expected.get('baselines', 5))]
         plan += [(f'{n}: {s}', expected.get(s, 30)) for n in self.names for s in PER_BACKBONE]
         self.progress = StageProgress(plan)
+
+    @property
+    def maps_options(self) -> Dict[str, Any]:
+        """``maps`` of the config: ``rw`` (random-walk maps; needed when ``pseudo.refine`` has 'rw') and
+        ``batch_size``."""
+        opts = dict(dict(rw=True, batch_size=8), **dict(self.cfg.get('maps') or {}))
+        if 'rw' in self.cfg.pseudo.refine and not opts['rw']:
+            from vim_wsss.data.voc import DataError
+
+            raise DataError("pseudo.refine has 'rw' but maps.rw=False; set maps.rw=True or drop 'rw' from the chain.")
+        return opts
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def stage(self, label: str, name: str, params: Dict[str, Any], inputs: List[StageResult], fn) -> StageResult:
@@ -135,18 +152,20 @@ class Pipeline:
     def run_backbone(self, name: str) -> Dict[str, Any]:
         bb = self.cfg.backbones[name]
         row: Dict[str, Any] = {'method': bb.method}
-        cls = self.stage(f'{name}: cls', 'cls', {'config': config_digest(bb.cls_config), 'backbone': name},
-                         [self.data], lambda d: self._train_cls(bb, d))
-        maps = self.stage(f'{name}: maps', 'maps', {'method': bb.method, 'start_layer': bb.get('start_layer')},
-                          [cls], lambda d: self._maps(bb, cls, d))
+        cls_params = {'config': config_digest(bb.cls_config), 'backbone': name, **_options(bb, 'cls_options')}
+        cls = self.stage(f'{name}: cls', 'cls', cls_params, [self.data], lambda d: self._train_cls(bb, d))
+        maps = self.stage(f'{name}: maps', 'maps', {'method': bb.method, 'start_layer': bb.get('start_layer'),
+                                                    'rw': self.maps_options['rw']}, [cls],
+                          lambda d: self._maps(bb, cls, d))
         sweep = self.stage(f'{name}: sweep', 'sweep', {'thresholds': list(self.cfg.seeds.thresholds)}, [maps],
                            lambda d: self._sweep(maps, d))
         pseudo = self.stage(f'{name}: pseudo', 'pseudo', dict(self.cfg.pseudo), [sweep, maps],
                             lambda d: self._pseudo(maps, sweep, d))
-        seg = self.stage(f'{name}: seg', 'seg', {'config': config_digest(bb.seg_config)}, [pseudo, cls],
-                         lambda d: self._seg(bb.seg_config, cls, d, pseudo.outputs['dir']))
-        seg_gt = self.stage(f'{name}: seg_gt', 'seg_gt', {'config': config_digest(bb.seg_gt_config)}, [cls],
-                            lambda d: self._seg(bb.seg_gt_config, cls, d, None))
+        seg_opts = _options(bb, 'seg_options')
+        seg = self.stage(f'{name}: seg', 'seg', {'config': config_digest(bb.seg_config), **seg_opts}, [pseudo, cls],
+                         lambda d: self._seg(bb, bb.seg_config, cls, d, pseudo.outputs['dir']))
+        seg_gt = self.stage(f'{name}: seg_gt', 'seg_gt', {'config': config_digest(bb.seg_gt_config), **seg_opts},
+                            [cls], lambda d: self._seg(bb, bb.seg_gt_config, cls, d, None))
         row.update(cls_map=cls.outputs['mAP'], seed_miou=sweep.outputs['seed_miou'],
                    rw_miou=sweep.outputs['rw_miou'], bg_threshold=sweep.outputs['threshold'],
                    curve_png=sweep.outputs['png'],
@@ -161,7 +180,8 @@ class Pipeline:
         from vim_wsss.wsss.train import read_cls_metrics, train_classifier
 
         resume = (stage_dir / 'last_checkpoint').is_file()  # the stage folder is the pipeline's own: else start over
-        ckpt = train_classifier(bb.cls_config, stage_dir, {'data_root': str(self.root)}, resume=resume, overwrite=True)
+        options = {'data_root': str(self.root), **dict(bb.get('cls_options') or {})}
+        ckpt = train_classifier(bb.cls_config, stage_dir, options, resume=resume, overwrite=True)
         history = read_cls_metrics(stage_dir)
         best = max((h for h in history if 'cls/mAP' in h), key=lambda h: h['cls/mAP'], default={})
         return {'checkpoint': str(ckpt), 'mAP': best.get('cls/mAP'), 'F1': best.get('cls/F1_macro'),
@@ -171,7 +191,8 @@ class Pipeline:
         from vim_wsss.wsss.seeds import make_seeds
 
         result = make_seeds(bb.cls_config, cls.outputs['checkpoint'], self.root, self.cfg.data.train_split,
-                            stage_dir / 'maps', method=bb.method, start_layer=bb.get('start_layer'))
+                            stage_dir / 'maps', method=bb.method, start_layer=bb.get('start_layer'),
+                            **self.maps_options)
         return {'dir': str(stage_dir / 'maps'), 'written': result['written'],
                 'no_label': result['skipped_no_label']}
 
@@ -179,12 +200,14 @@ class Pipeline:
         from vim_wsss.wsss.evaluate import sweep_seeds
 
         d = self.cfg.data
+        keys = ('maps', 'rw') if self.maps_options['rw'] else ('maps',)
         res = sweep_seeds(maps.outputs['dir'], self.root, d.score_split, d.train_split, self.cfg.seeds.thresholds,
-                          keys=('maps', 'rw'), mask_dir=d.gt_dir, out_dir=stage_dir)
+                          keys=keys, mask_dir=d.gt_dir, out_dir=stage_dir)
         out = {key: {'threshold': r['best_threshold'], 'miou': r['score']['miou'], 'png': r['png']}
                for key, r in res.items()}
+        rw = out.get('rw', {})
         return {'seed_miou': out['maps']['miou'], 'threshold': out['maps']['threshold'], 'png': out['maps']['png'],
-                'rw_miou': out['rw']['miou'], 'rw_threshold': out['rw']['threshold']}
+                'rw_miou': rw.get('miou'), 'rw_threshold': rw.get('threshold')}
 
     def _pseudo(self, maps: StageResult, sweep: StageResult, stage_dir: Path) -> Dict[str, Any]:
         from vim_wsss.wsss.evaluate import eval_masks, save_overlays, seed_source
@@ -216,12 +239,14 @@ class Pipeline:
         return {'dir': str(final), 'miou': metrics['miou'], 'per_class': metrics['iou'], 'steps': steps,
                 'threshold': threshold, 'overlay_png': str(overlay)}
 
-    def _seg(self, config: str, cls: StageResult, stage_dir: Path, pseudo_dir: Optional[str]) -> Dict[str, Any]:
+    def _seg(self, bb: Any, config: str, cls: StageResult, stage_dir: Path,
+             pseudo_dir: Optional[str]) -> Dict[str, Any]:
         from vim_wsss.data.voc import VOC_CLASSES
-        from vim_wsss.seg.train import data_options, last_checkpoint, test_seg, train_seg
+        from vim_wsss.seg.train import data_options, test_seg, train_seg
 
         options = data_options(self.root, pseudo_dir, train_split=self.cfg.data.train_split)
         options['model.backbone.pretrained'] = cls.outputs['checkpoint']
+        options.update(bb.get('seg_options') or {})
         resume = (stage_dir / 'last_checkpoint').is_file()
         ckpt = train_seg(config, stage_dir, options, resume=resume)
         metrics = test_seg(config, ckpt, stage_dir / 'test', options)
