@@ -69,7 +69,7 @@ def test_reverse_is_flipped_scan(impl, last_state):
 
 
 def test_numba_any_layout():
-    """Channels-last views and a gate sliced out of a wider tensor (the ViM mixer's layouts) read without copies."""
+    """Channels-last views and a gate sliced out of a wider tensor (the ViM mixer's layouts) give the same results."""
     inputs = make_inputs(batch=2, dim=70, dstate=16, length=41, seed=21)
     wide = torch.cat([inputs['z'], torch.randn_like(inputs['z'])], dim=1).transpose(1, 2).contiguous()  # (B, L, 2E)
     views = dict(inputs, u=inputs['u'].transpose(1, 2).contiguous().transpose(1, 2),

@@ -108,22 +108,17 @@ def _sigmoid(x):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# kernels. Sequence inputs are flat fp32 buffers of logical (B, X, L) arrays with element strides
-# ``strides[row] = (batch, channel, time)``, rows U, DELTA, Z, BMAT, CMAT, DOUT, so any layout is read without a copy.
+# kernels. Sequence inputs u, dt, z, B, C, dout are C-contiguous fp32 (B, L, X) arrays (time-major, channels last).
 # Per job they are staged chunk by chunk into (CHUNK, BLOCK) / (CHUNK, N) local buffers (zero-padded lanes).
 # Outputs (B, L, E) and checkpoints are C-contiguous.
 # ----------------------------------------------------------------------------------------------------------------
-U, DELTA, Z, BMAT, CMAT, DOUT = range(6)
-
-
 @njit(inline='always', **_JIT)
-def _stage(x, st, b, c0, w, i0, steps, length, reverse, buf):
-    """buf[j, c] = x[b, c0 + c, t_j] for c < w, j < steps, with t_j the j-th step of the chunk in scan order."""
-    base = b * st[0] + c0 * st[1]
-    for c in range(w):
-        for j in range(steps):
-            t = length - 1 - (i0 + j) if reverse else i0 + j
-            buf[j, c] = x[base + c * st[1] + t * st[2]]
+def _stage(x, b, c0, w, i0, steps, length, reverse, buf):
+    """buf[j, c] = x[b, t_j, c0 + c] for c < w, j < steps, with t_j the j-th step of the chunk in scan order."""
+    for j in range(steps):
+        t = length - 1 - (i0 + j) if reverse else i0 + j
+        for c in range(w):
+            buf[j, c] = x[b, t, c0 + c]
 
 
 @njit(inline='always', **_JIT)
@@ -146,15 +141,15 @@ def _block_A(A_t, e0, w):
 
 
 @njit(inline='always', **_JIT)
-def _stage_chunk(u, dt, z, Bm, Cm, strides, b, e0, w, i0, steps, length, reverse, softplus, has_z, bias,
+def _stage_chunk(u, dt, z, Bm, Cm, b, e0, w, i0, steps, length, reverse, softplus, has_z, bias,
                  ub, raw, dts, dtus, zb, Bb, Cb):
     """Stage one chunk: u, raw = dt + bias, delta = softplus(raw), delta * u, z (CHUNK, BLOCK) and B, C rows."""
-    _stage(u, strides[U], b, e0, w, i0, steps, length, reverse, ub)
-    _stage(dt, strides[DELTA], b, e0, w, i0, steps, length, reverse, raw)
+    _stage(u, b, e0, w, i0, steps, length, reverse, ub)
+    _stage(dt, b, e0, w, i0, steps, length, reverse, raw)
     if has_z:
-        _stage(z, strides[Z], b, e0, w, i0, steps, length, reverse, zb)
-    _stage(Bm, strides[BMAT], b, 0, Bb.shape[1], i0, steps, length, reverse, Bb)
-    _stage(Cm, strides[CMAT], b, 0, Cb.shape[1], i0, steps, length, reverse, Cb)
+        _stage(z, b, e0, w, i0, steps, length, reverse, zb)
+    _stage(Bm, b, 0, Bb.shape[1], i0, steps, length, reverse, Bb)
+    _stage(Cm, b, 0, Cb.shape[1], i0, steps, length, reverse, Cb)
     for j in range(steps):
         for e in range(BLOCK):
             d = raw[j, e] + bias[e]
@@ -197,7 +192,7 @@ def _step_keep(h_prev, h, Ab, dtv, dtu, bn_row, cn_row, decay, y):
 
 
 @njit(parallel=True, **_JIT)
-def _scan_fwd(u, dt, z, Bm, Cm, strides, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last):
+def _scan_fwd(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last):
     """Forward scan. Writes out (B, L, E), ckpt (B, n_chunks, N, E) (the state before every CHUNK-th step, in scan
     order) and last (B, E, N)."""
     nb, length, dim = out.shape
@@ -219,7 +214,7 @@ def _scan_fwd(u, dt, z, Bm, Cm, strides, A_t, D, bias, softplus, has_z, reverse,
             for n in range(dstate):
                 for e in range(w):
                     ckpt[b, k, n, e0 + e] = h[n, e]
-            _stage_chunk(u, dt, z, Bm, Cm, strides, b, e0, w, i0, steps, length, reverse, softplus, has_z, biasb,
+            _stage_chunk(u, dt, z, Bm, Cm, b, e0, w, i0, steps, length, reverse, softplus, has_z, biasb,
                          ub, raw, dts, dtus, zb, Bb, Cb)
             for j in range(steps):
                 t = length - 1 - (i0 + j) if reverse else i0 + j
@@ -274,7 +269,7 @@ def _adjoint_step(lam, h_prev, h_cur, decay, Ab, dtv, dtu, g, bn_row, cn_row, dA
 
 
 @njit(parallel=True, **_JIT)
-def _scan_bwd(u, dt, z, Bm, Cm, dout, strides, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+def _scan_bwd(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
               du, ddelta, dz, dA_part, dD_part, dB_part, dC_part):
     """Backward scan. Writes du, ddelta (w.r.t. the raw delta), dz (B, L, E) and per-job partial sums dA_part (B, N, E),
     dD_part (B, E), dB_part, dC_part (B, n_blocks, L, N)."""
@@ -304,9 +299,9 @@ def _scan_bwd(u, dt, z, Bm, Cm, dout, strides, A_t, D, bias, softplus, has_z, re
             for n in range(dstate):
                 for e in range(w):
                     hs[0, n, e] = ckpt[b, k, n, e0 + e]
-            _stage_chunk(u, dt, z, Bm, Cm, strides, b, e0, w, i0, steps, length, reverse, softplus, has_z, biasb,
+            _stage_chunk(u, dt, z, Bm, Cm, b, e0, w, i0, steps, length, reverse, softplus, has_z, biasb,
                          ub, raw, dts, dtus, zb, Bb, Cb)
-            _stage(dout, strides[DOUT], b, e0, w, i0, steps, length, reverse, gob)
+            _stage(dout, b, e0, w, i0, steps, length, reverse, gob)
             for j in range(steps):
                 _step_keep(hs[j], hs[j + 1], Ab, dts[j], dtus[j], Bb[j], Cb[j], decays[j], ys[j])
             for j in range(steps - 1, -1, -1):
@@ -331,13 +326,12 @@ def _scan_bwd(u, dt, z, Bm, Cm, dout, strides, A_t, D, bias, softplus, has_z, re
 # ----------------------------------------------------------------------------------------------------------------
 # torch wrapper
 # ----------------------------------------------------------------------------------------------------------------
-def _flat(x: torch.Tensor) -> Tuple[np.ndarray, Tuple[int, int, int]]:
-    """A (B, X, L) tensor as a flat fp32 array over its memory span and its element strides (no copy for fp32)."""
-    x = x.detach().float()
-    if any(st < 0 for st in x.stride()):
-        x = x.contiguous()
-    span = 1 + sum((size - 1) * st for size, st in zip(x.shape, x.stride()))
-    return x.as_strided((span,), (1,)).numpy(), tuple(x.stride())
+def _time_major(x: Optional[torch.Tensor]) -> np.ndarray:
+    """``(B, X, L)`` -> C-contiguous fp32 ``(B, L, X)`` array; free for a channels-last fp32 view (the ViM mixer's
+    u and dt), a copy otherwise. None -> a (1, 1, 1) placeholder."""
+    if x is None:
+        return np.zeros((1, 1, 1), np.float32)
+    return x.detach().float().transpose(1, 2).contiguous().numpy()
 
 
 def _vector(x: Optional[torch.Tensor], dim: int) -> np.ndarray:
@@ -345,18 +339,6 @@ def _vector(x: Optional[torch.Tensor], dim: int) -> np.ndarray:
     if x is None:
         return np.zeros(dim, np.float32)
     return x.detach().float().contiguous().numpy()
-
-
-def _sequences(u, delta, z, B, C, dout) -> Tuple[list, np.ndarray]:
-    """Flat arrays of the (B, X, L) inputs (placeholders for absent z / dout) and their (6, 3) stride table."""
-    arrays, strides = [], np.zeros((6, 3), np.int64)
-    for row, x in enumerate((u, delta, z, B, C, dout)):
-        if x is None:
-            arrays.append(np.zeros(1, np.float32))
-            continue
-        array, strides[row] = _flat(x)
-        arrays.append(array)
-    return arrays, strides
 
 
 def _set_threads() -> None:
@@ -372,14 +354,14 @@ class _NumbaScanFn(torch.autograd.Function):
         dstate = A.shape[1]
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.flags = (bool(delta_softplus), z is not None, bool(reverse))
-        arrays, strides = _sequences(u, delta, z, B, C, None)
+        arrays = [_time_major(x) for x in (u, delta, z, B, C)]
         params = (A.detach().float().t().contiguous().numpy(), _vector(D, dim), _vector(delta_bias, dim))
         out = np.empty((batch, length, dim), np.float32)
         ckpt = torch.empty(batch, math.ceil(length / CHUNK), dstate, dim)
         last = np.empty((batch, dim, dstate), np.float32)
         with _LAUNCH_LOCK:
             _set_threads()
-            _scan_fwd(*arrays[:5], strides, *params, *ctx.flags, out, ckpt.numpy(), last)
+            _scan_fwd(*arrays, *params, *ctx.flags, out, ckpt.numpy(), last)
         ctx.ckpt = ckpt
         result = torch.from_numpy(out).transpose(1, 2).to(u.dtype)
         if return_last_state:
@@ -393,7 +375,7 @@ class _NumbaScanFn(torch.autograd.Function):
         dstate = A.shape[1]
         nblk = math.ceil(dim / BLOCK)
         dlast = rest[0] if rest and rest[0] is not None else torch.zeros(batch, dim, dstate)
-        arrays, strides = _sequences(u, delta, z, B, C, dout)
+        arrays = [_time_major(x) for x in (u, delta, z, B, C, dout)]
         params = (A.detach().float().t().contiguous().numpy(), _vector(D, dim), _vector(delta_bias, dim))
         grads = [np.empty((batch, length, dim), np.float32) for _ in range(3)]  # du, ddelta, dz
         dA_part = np.empty((batch, dstate, dim), np.float32)
@@ -401,7 +383,7 @@ class _NumbaScanFn(torch.autograd.Function):
         dBC_part = [np.zeros((batch, nblk, length, dstate), np.float32) for _ in range(2)]
         with _LAUNCH_LOCK:
             _set_threads()
-            _scan_bwd(*arrays, strides, *params, *ctx.flags, dlast.detach().float().contiguous().numpy(),
+            _scan_bwd(*arrays, *params, *ctx.flags, dlast.detach().float().contiguous().numpy(),
                       ctx.ckpt.numpy(), *grads, dA_part, dD_part, *dBC_part)
         du, ddelta, dz = (torch.from_numpy(g).transpose(1, 2) for g in grads)
         dB, dC = (torch.from_numpy(p).sum(dim=1).transpose(1, 2) for p in dBC_part)
@@ -419,7 +401,7 @@ def selective_scan_numba(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     """Compiled CPU selective scan; same arguments and results as ``selective_scan_ref``.
 
     Args:
-        u, delta, z: ``(B, E, L)`` CPU tensors (any strides; channels-last views avoid a copy).
+        u, delta, z: ``(B, E, L)`` CPU tensors (channels-last views, as the ViM mixer passes, avoid a copy).
         A: ``(E, N)`` real. B, C: ``(B, N, L)``. D, delta_bias: ``(E,)`` or None.
         delta_softplus, return_last_state: as in the reference.
         reverse: scan from token L-1 down to 0 (equals flipping every sequence input and the output).
