@@ -50,3 +50,12 @@ def test_make_synthetic_console_script(tmp_path):
     assert result.returncode == 0, result.stderr
     assert str(tmp_path / 'd') in result.stdout
     assert len(list((tmp_path / 'd' / 'JPEGImages').glob('*.jpg'))) == 6
+
+
+@pytest.mark.parametrize('name', ['demo', 'pipeline', 'make-synthetic', 'train-cls', 'train-seg', 'test-seg', 'explain'])
+def test_subcommand_help_through_the_console_script(name, run_cli):
+    result = run_cli(name, '--help')
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f'usage: vim-wsss {name}') and '--debug' in result.stdout
+    reads_checkpoints = name in cli.READS_CHECKPOINTS
+    assert ('--trust-checkpoint' in result.stdout) == reads_checkpoints
