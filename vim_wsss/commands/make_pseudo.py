@@ -1,4 +1,8 @@
-"""``vim-wsss make-pseudo``: turn cached maps into refined pseudo-mask PNGs (resumable, multi-process)."""
+"""``vim-wsss make-pseudo``: turn cached maps into refined pseudo-mask PNGs (resumable, multi-process).
+
+Under ``torchrun --nproc-per-node N --no-python vim-wsss make-pseudo ...`` each rank labels its share of the
+images (with its own ``--workers``) and rank 0 prints the summary of all of them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -27,14 +31,18 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vim_wsss.data.voc import read_split
+    from vim_wsss.dist import shares_text
     from vim_wsss.wsss.pseudo import make_pseudo
 
     names = read_split(args.data_root, args.split)
     out = make_pseudo(args.seeds, Path(args.data_root) / 'JPEGImages', names, args.out, args.bg_threshold,
                       high=args.high, low=args.low, refine=args.refine, workers=args.workers,
                       overwrite=args.overwrite, skip_bad=args.skip_bad)
+    if out['rank'] != 0:
+        return 0
     skipped = out['skipped_bad']
     print(f"pseudo-masks: {out['written']} written ({out['redone']} of them redone: damaged), "
           f"{out['skipped_done']} already done, {len(skipped)} unreadable images skipped"
-          f"{' (' + ', '.join(skipped[:5]) + ')' if skipped else ''} -> {out['out_dir']}")
+          f"{' (' + ', '.join(skipped[:5]) + ')' if skipped else ''}{shares_text(out.get('shares'))} "
+          f"-> {out['out_dir']}")
     return 0

@@ -1,4 +1,8 @@
-"""``vim-wsss make-seeds``: cache per-class relevance maps (and random-walk maps) of a trained classifier."""
+"""``vim-wsss make-seeds``: cache per-class relevance maps (and random-walk maps) of a trained classifier.
+
+Under ``torchrun --nproc-per-node N --no-python vim-wsss make-seeds ...`` each rank explains its share of the images
+(one GPU per rank) and rank 0 prints the summary of all of them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -31,13 +35,17 @@ def _cuda() -> bool:
 
 
 def main(args: argparse.Namespace) -> int:
+    from vim_wsss.dist import shares_text
     from vim_wsss.wsss.seeds import make_seeds
 
     result = make_seeds(args.config, args.checkpoint, args.data_root, args.split, args.out, method=args.method,
                         start_layer=args.start_layer, scales=args.scales, flip=args.flip, rw=not args.no_rw,
                         batch_size=args.batch_size, device=args.device, skip_bad=args.skip_bad,
                         overwrite=args.overwrite, trust=getattr(args, 'trust_checkpoint', None))
+    if result['rank'] != 0:
+        return 0
     print(f"maps: {result['written']} written ({result['redone']} of them redone: damaged), "
           f"{result['skipped_done']} already done, {result['skipped_no_label']} without a positive label (skipped), "
-          f"{len(result['skipped_bad'])} unreadable (skipped) -> {result['out_dir']}")
+          f"{len(result['skipped_bad'])} unreadable (skipped){shares_text(result.get('shares'))} "
+          f"-> {result['out_dir']}")
     return 0

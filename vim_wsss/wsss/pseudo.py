@@ -11,6 +11,11 @@ scores are turned into probabilities ``∝ score^prob_power`` (argmax unchanged,
 exactly :func:`~vim_wsss.wsss.seeds.seeds_from_maps`), the pixel steps ('par', 'crf') run in the given order and
 the argmax is the label. With an ignore band the chain runs at ``t = high`` and ``t = low``: foreground of the high
 pass is kept, pixels that only the low pass calls foreground become 255, the rest is background (ToCo's fusion).
+
+Under torchrun (:mod:`vim_wsss.dist`) each rank labels its shard (``sorted(names)[rank::world]``) with its own
+``workers`` processes (``world x workers`` in all: size ``--workers`` to the cores per rank); rank 0 locks the folder
+and writes ``pseudo_meta.json`` before the others start, and the counts are summed at the closing barrier. Memory
+is bounded per process: one image's maps, probabilities and CRF at a time.
 """
 from __future__ import annotations
 
@@ -244,12 +249,13 @@ def _init_worker(parent: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
-def _run_tasks(tasks: List[Tuple[str, Dict[str, Any]]], workers: int, progress: bool) -> List[str]:
+def _run_tasks(tasks: List[Tuple[str, Dict[str, Any]]], workers: int, progress: bool,
+               desc: str = 'pseudo-masks') -> List[str]:
     """Run :func:`_one` over ``tasks`` (in this process, or a spawn pool); names skipped as unreadable."""
     from tqdm import tqdm
 
     skipped = []
-    bar = tqdm(total=len(tasks), desc='pseudo-masks', unit='img', disable=not progress)
+    bar = tqdm(total=len(tasks), desc=desc, unit='img', disable=not progress)
     if workers > 1 and len(tasks) > 1:
         import multiprocessing as mp
 
@@ -299,14 +305,18 @@ def make_pseudo(seed_dir: PathLike, image_root: PathLike, names: Sequence[str], 
         overwrite: delete masks made with other parameters instead of refusing.
         skip_bad: skip images that cannot be read (listed in ``skipped_bad``) instead of stopping.
 
+    Under torchrun each rank labels its shard of ``names`` (module docstring); every rank returns the totals.
+
     Returns:
-        dict with ``written``, ``skipped_done``, ``redone``, ``skipped_bad``, ``total``, ``out_dir``.
+        dict with ``written``, ``skipped_done``, ``redone``, ``skipped_bad``, ``total``, ``out_dir``, ``rank``,
+        ``world`` (and ``shares``, each rank's number of images, under torchrun).
 
     Raises:
         DataError: a bad value, a folder made with other parameters or locked by another run, a damaged or
             non-finite seed cache.
     """
-    from vim_wsss.wsss.resume import open_output
+    from vim_wsss.dist import current_group, gather_results, shard, share_line
+    from vim_wsss.wsss.resume import open_shared_output
 
     check_steps(refine)
     check_thresholds(bg_threshold, high, low)
@@ -316,15 +326,29 @@ def make_pseudo(seed_dir: PathLike, image_root: PathLike, names: Sequence[str], 
         raise FileNotFoundError(f'{seed_dir} is not a seed cache (no {META_FILE}); run make-seeds first.')
     params = pseudo_params(seed_dir, bg_threshold, high, low, refine, prob_power, par_kwargs, crf_kwargs, par_scale,
                            image_suffix)
-    with open_output(out_dir, 'make-pseudo', PSEUDO_META, params, lambda: sorted(out_dir.glob('*.png')), overwrite):
+    group = current_group()
+    mine = shard(list(names), group)
+    opts = dict(params, out_dir=str(out_dir), image_root=str(image_root), seed_dir=str(seed_dir),
+                no_label=_no_label_names(seed_dir), skip_bad=bool(skip_bad))
+
+    def run_shard() -> Dict[str, Any]:
         writer = PseudoMaskWriter(out_dir)
-        present = [n for n in names if writer.path(n).is_file()]
-        todo = writer.pending(list(names))
-        opts = dict(params, out_dir=str(out_dir), image_root=str(image_root), seed_dir=str(seed_dir),
-                    no_label=_no_label_names(seed_dir), skip_bad=bool(skip_bad))
-        skipped = _run_tasks([(n, opts) for n in todo], workers, progress)
-    return dict(written=len(todo) - len(skipped), skipped_done=len(names) - len(todo),
-                redone=len(set(present) & set(todo)), skipped_bad=skipped, total=len(names), out_dir=str(out_dir))
+        present = [n for n in mine if writer.path(n).is_file()]
+        todo = writer.pending(mine)
+        desc = ' '.join(filter(None, ['pseudo-masks', share_line(group, len(mine), len(names))]))
+        skipped = _run_tasks([(n, opts) for n in todo], workers, progress, desc)
+        return dict(written=len(todo) - len(skipped), skipped_done=len(mine) - len(todo),
+                    redone=len(set(present) & set(todo)), skipped_bad=skipped, share=len(mine))
+
+    with open_shared_output(group, out_dir, 'make-pseudo', PSEUDO_META, params,
+                            lambda: sorted(out_dir.glob('*.png')), overwrite):
+        shares = gather_results(run_shard, group)
+    out = dict(written=sum(s['written'] for s in shares), skipped_done=sum(s['skipped_done'] for s in shares),
+               redone=sum(s['redone'] for s in shares), skipped_bad=[n for s in shares for n in s['skipped_bad']],
+               total=len(names), out_dir=str(out_dir), rank=group.rank, world=group.world)
+    if group.sharded:
+        out['shares'] = [s['share'] for s in shares]
+    return out
 
 
 def read_pseudo_meta(out_dir: PathLike) -> Dict[str, Any]:

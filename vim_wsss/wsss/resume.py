@@ -10,6 +10,10 @@ with :func:`open_output`:
 * :func:`check_record` — the parameters the folder was made with (a JSON file written atomically before the first
   output); a re-run with other parameters is refused with the differing keys, or, with ``overwrite``, the folder's
   outputs are deleted and the run restarts.
+
+Under torchrun (:mod:`vim_wsss.dist`) :func:`open_shared_output` does all of that on rank 0, which holds the lock
+for the whole group until every rank is done, while the other ranks wait at a barrier; they never take the lock
+themselves, so the ranks of one group do not refuse each other and a second run (or group) is still refused.
 """
 from __future__ import annotations
 
@@ -17,13 +21,14 @@ import errno
 import json
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 from vim_wsss.data.voc import DataError
 
-__all__ = ['OutputLock', 'clean_temporaries', 'check_record', 'open_output', 'pid_alive', 'LOCK_FILE']
+__all__ = ['OutputLock', 'clean_temporaries', 'check_record', 'open_output', 'open_shared_output', 'pid_alive',
+           'LOCK_FILE']
 
 PathLike = Union[str, os.PathLike]
 LOCK_FILE = '.lock'
@@ -189,3 +194,22 @@ def open_output(folder: PathLike, what: str, record_file: str, params: Dict[str,
         clean_temporaries(folder)
         check_record(folder, record_file, params, outputs, what, overwrite)
         yield folder
+
+
+@contextmanager
+def open_shared_output(group: Any, folder: PathLike, what: str, record_file: str, params: Dict[str, Any],
+                       outputs: Callable[[], List[Path]], overwrite: bool = False,
+                       setup: Optional[Callable[[], None]] = None) -> Iterator[Path]:
+    """:func:`open_output` for a :class:`vim_wsss.dist.Group`: rank 0 locks, cleans, checks the record and runs
+    ``setup`` (shared files) while the other ranks wait; rank 0 keeps the lock until the block ends, so end the
+    block with the closing barrier (:func:`vim_wsss.dist.gather_results`). One process: :func:`open_output`."""
+    from vim_wsss.dist import main_first
+
+    with ExitStack() as stack:
+        def first() -> None:
+            stack.enter_context(open_output(folder, what, record_file, params, outputs, overwrite))
+            if setup is not None:
+                setup()
+
+        main_first(first, group)
+        yield Path(folder)

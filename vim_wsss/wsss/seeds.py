@@ -9,11 +9,21 @@
   (:func:`vim_wsss.wsss.refine.random_walk`) and renormalised; independent of any threshold;
 * ``size`` ``(2,)`` int64, the original image (H, W).
 
+The maps stay at patch resolution and are upsampled to the image size when read (:func:`upsample_maps`): at a 448
+crop (28 x 28 patches) one image with K classes stores ``2 * K * 784 * 2`` bytes before compression (about 3 kB
+for K = 1 with the random walk, 6 kB for K = 2), so the 10,582 ``train_aug`` images take tens of MB, not the
+tens of GB full-resolution float maps would. The zip members carry a fixed timestamp, so the same maps give the
+same bytes (runs and shards compare byte for byte).
+
 Thresholding is cheap and happens later (:func:`seeds_from_maps`, sweeps, pseudo-masks), so one cache serves every
 threshold. The cache folder holds ``maps_meta.json`` with the parameters (and checkpoint sha256) that produced it,
 written before the first map; resuming with other parameters is refused unless ``overwrite`` restarts the folder.
 A damaged file (0 bytes, truncated, NaN) is recomputed on resume; a lock keeps a second writer out
 (:mod:`vim_wsss.wsss.resume`). :func:`make_seeds` is the whole stage (classifier + dataset + maps).
+
+Under torchrun (:mod:`vim_wsss.dist`) each rank explains its shard of the images (``sorted(names)[rank::world]``)
+on GPU ``LOCAL_RANK``; rank 0 writes ``maps_meta.json`` and ``no_label.txt`` before the others start, and the
+counts are summed over the ranks at the closing barrier. Resume is per image, whatever the earlier world size.
 """
 from __future__ import annotations
 
@@ -27,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vim_wsss.data.voc import DataError
+from vim_wsss.dist import current_group, gather_results, rank_device, shard, share_line
 
 __all__ = [
     'seeds_from_maps', 'save_map_file', 'load_map_file', 'map_path', 'upsample_maps', 'normalize_maps',
@@ -131,11 +142,23 @@ def save_map_file(path: PathLike, classes: np.ndarray, maps: np.ndarray, size: T
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'.{path.stem}.{os.getpid()}.tmp.npz')
     try:
-        np.savez_compressed(tmp, **arrays)
+        _save_npz(tmp, arrays)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` with a fixed member timestamp (numpy stamps the write time), readable by ``np.load``."""
+    import zipfile
+
+    with zipfile.ZipFile(path, 'w', compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, array in arrays.items():
+            info = zipfile.ZipInfo(f'{key}.npy', date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with archive.open(info, 'w', force_zip64=True) as stream:
+                np.lib.format.write_array(stream, np.ascontiguousarray(array), allow_pickle=False)
 
 
 def load_map_file(path: PathLike) -> Dict[str, np.ndarray]:
@@ -176,7 +199,8 @@ def default_method(model: nn.Module) -> str:
 class MapsResult(dict):
     """Summary of a :func:`compute_maps` run: ``written``, ``skipped_done``, ``redone`` (outputs found corrupt and
     recomputed), ``skipped_no_label``, ``total``, ``out_dir``, ``no_label`` (names), ``skipped_bad`` (unreadable
-    images dropped by ``skip_bad``)."""
+    images dropped by ``skip_bad``), ``rank``, ``world``; under torchrun the counts are the sums over the ranks and
+    ``shares`` lists each rank's number of images."""
 
 
 def _maps_at(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, method: str,
@@ -278,7 +302,8 @@ def compute_maps(model: nn.Module, dataset: Any, out_dir: PathLike, method: Opti
     Resumable and honest: the folder is locked against a second writer, leftovers of a killed run are removed,
     ``maps_meta.json`` (written first) records the parameters and a re-run with others is refused (or, with
     ``overwrite``, restarts); existing ``<name>.npz`` count as done only when they read back complete and finite.
-    Every file is written atomically. Images without a positive label are skipped and counted.
+    Every file is written atomically. Images without a positive label are skipped and counted. Under torchrun
+    each rank explains its shard and rank 0 writes the shared files first (module docstring).
 
     Args:
         model: backbone (ViM or DeiT) with a 20-class head, eval mode; its input size is the scale-1.0 size.
@@ -294,8 +319,8 @@ def compute_maps(model: nn.Module, dataset: Any, out_dir: PathLike, method: Opti
         rw: also store the random-walk-refined maps.
         rw_power, rw_steps, rw_radius: random-walk settings (:func:`vim_wsss.wsss.refine.random_walk`).
         batch_size: images per forward pass (>= 1).
-        device: where the model runs.
-        progress: show a tqdm bar.
+        device: where the model runs (``'cuda'`` is GPU ``LOCAL_RANK`` under torchrun).
+        progress: show a tqdm bar (under torchrun with the rank's share: 'rank 1/3: 4 of 11 images').
         overwrite: delete maps made with other parameters instead of refusing.
         record: more entries for ``maps_meta.json`` (e.g. the checkpoint's sha256).
 
@@ -306,7 +331,7 @@ def compute_maps(model: nn.Module, dataset: Any, out_dir: PathLike, method: Opti
         DataError: bad parameters, a folder made with other parameters or locked by another run, non-finite
             logits or maps (naming the image).
     """
-    from vim_wsss.wsss.resume import open_output
+    from vim_wsss.wsss.resume import open_shared_output
 
     method = check_method(model, method)
     batch_size = check_batch_size(batch_size)
@@ -316,14 +341,33 @@ def compute_maps(model: nn.Module, dataset: Any, out_dir: PathLike, method: Opti
                 affinity_layers=None if affinity_layers is None else [int(i) for i in affinity_layers],
                 rw=bool(rw), rw_power=float(rw_power), rw_steps=int(rw_steps), rw_radius=rw_radius,
                 grid=list(model.grid_size), **(record or {}))
-    result = MapsResult(written=0, skipped_done=0, redone=0, skipped_no_label=0, total=len(dataset),
-                        out_dir=str(out_dir), no_label=[], skipped_bad=list(getattr(dataset, 'skipped', [])))
-    with open_output(out_dir, 'make-seeds', META_FILE, meta, lambda: _outputs(out_dir), overwrite):
-        todo = _pending(dataset, out_dir, result, meta)
-        _write_text(out_dir / NO_LABEL_FILE, '\n'.join(result['no_label']))
+    group = current_group()
+    device = rank_device(device, group)
+    names, labels = _names(dataset), _labels(dataset)
+    no_label = [n for n, label in zip(names, labels) if not (np.asarray(label) > 0).any()]
+    result = MapsResult(written=0, skipped_done=0, redone=0, skipped_no_label=len(no_label), total=len(dataset),
+                        out_dir=str(out_dir), no_label=no_label, skipped_bad=list(getattr(dataset, 'skipped', [])),
+                        rank=group.rank, world=group.world)
+    mine = shard(range(len(names)), group, key=lambda i: names[i])
+    skip = set(no_label)
+    labelled = [i for i in mine if names[i] not in skip]
+
+    def run_shard() -> Dict[str, int]:
+        counts = dict(written=0, skipped_done=0, redone=0, share=len(mine))
+        todo = _pending(names, labelled, out_dir, counts, meta)
         for m in models.values():
             m.to(device).eval()
-        _run_batches(models, dataset, todo, out_dir, result, meta, batch_size, device, progress)
+        desc = ' '.join(filter(None, [f"maps ({meta['method']})", share_line(group, len(mine), len(names))]))
+        _run_batches(models, dataset, todo, out_dir, counts, meta, batch_size, device, progress, desc)
+        return counts
+
+    with open_shared_output(group, out_dir, 'make-seeds', META_FILE, meta, lambda: _outputs(out_dir), overwrite,
+                            setup=lambda: _write_text(out_dir / NO_LABEL_FILE, '\n'.join(no_label))):
+        shares = gather_results(run_shard, group)
+    for key in ('written', 'skipped_done', 'redone'):
+        result[key] = sum(s[key] for s in shares)
+    if group.sharded:
+        result['shares'] = [s['share'] for s in shares]
     return result
 
 
@@ -331,8 +375,9 @@ def _outputs(out_dir: Path) -> List[Path]:
     return sorted(out_dir.glob('*.npz')) + [p for p in [out_dir / NO_LABEL_FILE] if p.is_file()]
 
 
-def _run_batches(models: Dict[float, nn.Module], dataset: Any, todo: List[int], out_dir: Path, result: MapsResult,
-                 meta: Dict[str, Any], batch_size: int, device: Union[str, torch.device], progress: bool) -> None:
+def _run_batches(models: Dict[float, nn.Module], dataset: Any, todo: List[int], out_dir: Path,
+                 result: Dict[str, Any], meta: Dict[str, Any], batch_size: int, device: Union[str, torch.device],
+                 progress: bool, desc: str) -> None:
     """Explain ``dataset[todo]`` batch by batch and write one cache file per image."""
     from tqdm import tqdm
 
@@ -340,7 +385,7 @@ def _run_batches(models: Dict[float, nn.Module], dataset: Any, todo: List[int], 
     from vim_wsss.wsss.refine import random_walk
 
     model = models[1.0]
-    bar = tqdm(total=len(todo), desc=f"maps ({meta['method']})", disable=not progress, unit='img')
+    bar = tqdm(total=len(todo), desc=desc, disable=not progress, unit='img')
     for start in range(0, len(todo), batch_size):
         items = [dataset[i] for i in todo[start:start + batch_size]]
         images = torch.stack([torch.as_tensor(it['img']) for it in items]).float().to(device)
@@ -396,20 +441,16 @@ def verify_map_file(path: Path, meta: Dict[str, Any]) -> bool:
     return 'size' in data and all(key in data and data[key].shape == shape for key in keys)
 
 
-def _pending(dataset: Any, out_dir: Path, result: MapsResult, meta: Dict[str, Any]) -> List[int]:
-    """Indices still to compute; counts finished (verified) files and images without a positive label.
+def _pending(names: Sequence[str], indices: Sequence[int], out_dir: Path, result: Dict[str, Any],
+             meta: Dict[str, Any]) -> List[int]:
+    """Of ``indices`` (images with a positive label), those still to compute; counts finished (verified) files.
 
     A file that does not read back whole (0 bytes, truncated, NaN) is deleted and recomputed (``redone``).
     """
-    names = _names(dataset)
-    labels = _labels(dataset)
     todo = []
-    for i, name in enumerate(names):
-        path = map_path(out_dir, name)
-        if not (np.asarray(labels[i]) > 0).any():
-            result['skipped_no_label'] += 1
-            result['no_label'].append(name)
-        elif path.is_file() and verify_map_file(path, meta):
+    for i in indices:
+        path = map_path(out_dir, names[i])
+        if path.is_file() and verify_map_file(path, meta):
             result['skipped_done'] += 1
         else:
             if path.is_file():
@@ -477,6 +518,7 @@ def make_seeds(config: PathLike, checkpoint: PathLike, data_root: PathLike, spli
 
     batch_size = check_batch_size(batch_size)
     scales = check_scales(scales)
+    device = rank_device(device, current_group())
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f'checkpoint {checkpoint} not found; pass the best_*.pth that train-cls wrote.')
     load = dict(device=device, **({} if trust is None else {'trust': trust}))
