@@ -4,7 +4,8 @@ sizes, every stage through the installed ``vim-wsss``, and the VOC pipeline conf
 The run happens in a scratch folder laid out as a user's checkout: ``checkpoints/`` holds the official file names
 (random weights, official keys and shapes, saved as the releases save them), ``data/VOCdevkit/VOC2012`` the data,
 ``configs`` the project's configs, so the configs' default paths are the ones exercised. Only iteration counts,
-batch sizes, workers and (for ViM-S on 2 CPU cores) the affinity random walk are overridden.
+batch sizes, workers, the test resize (short side 448 instead of 512: half the slide windows) and (for ViM-S on
+2 CPU cores) the affinity random walk are overridden.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ VOC_SHAPES = [(375, 500), (500, 375), (333, 500), (500, 333)]  # (H, W) as in JP
 SHORT = ['train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
          'train_dataloader.batch_size=1', 'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
          'val_dataloader.batch_size=1', 'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False']
+NO_SEG_VAL = ['val_cfg=None', 'val_dataloader=None', 'val_evaluator=None']  # test-seg scores it: no second pass
+TEST_448 = 'test_dataloader.dataset.pipeline.1.scale=(2048,448)'  # short side 448: 2 slide windows, not 4
 
 
 def _crop_to_voc_sizes(root: Path) -> None:
@@ -48,8 +51,8 @@ def checkout(tmp_path_factory):
     from vim_wsss.data.synthetic import make_synthetic
 
     top = tmp_path_factory.mktemp('voc_checkout')
-    root = make_synthetic(top / 'data' / 'VOCdevkit' / 'VOC2012', seed=3, num_train=4, num_val=2, size=500,
-                          train_fraction=0.5)
+    root = make_synthetic(top / 'data' / 'VOCdevkit' / 'VOC2012', seed=3, num_train=3, num_val=2, size=500,
+                          train_fraction=0.34)  # train_aug 3, of which train 1 (scored) and 2 to tune on
     _crop_to_voc_sizes(root)
     (top / 'configs').symlink_to(REPO / 'configs')
     (top / 'checkpoints').mkdir()
@@ -91,22 +94,24 @@ def test_vim_s_stage_by_stage(checkout, run_cli):
     assert cv2.imread(str(masks[0]), cv2.IMREAD_UNCHANGED).shape[:2] == image.shape[:2]  # VOC size, not 448
     seg_cfg = 'configs/seg/segformer_vim-s_1xb8-20k_voc12aug-448.py'
     cli('train-seg', seg_cfg, *data, '--pseudo-dir', 'w/pseudo', '--work-dir', 'w/seg', '--cfg-options',
-        f'model.backbone.pretrained={ckpt}', *SHORT)
-    out = cli('test-seg', seg_cfg, 'w/seg/iter_2.pth', *data, '--work-dir', 'w/test')
+        f'model.backbone.pretrained={ckpt}', *SHORT, *NO_SEG_VAL)
+    out = cli('test-seg', seg_cfg, 'w/seg/iter_2.pth', *data, '--work-dir', 'w/test', '--cfg-options', TEST_448)
     assert 'mIoU' in out.stdout
 
 
 def test_voc_pipeline_both_backbones(checkout, run_cli):
     short = dict(o.split('=') for o in SHORT)
     short = {k: {'True': True, 'False': False}.get(v, int(v) if v.isdigit() else v) for k, v in short.items()}
+    seg_short = dict(short, **{k: None for k in ('val_cfg', 'val_dataloader', 'val_evaluator')})
+    seg_short['test_dataloader.dataset.pipeline.1.scale'] = (2048, 448)
     override = checkout / 'voc_short.py'  # a user's own config on top of the shipped one, as data
     override.write_text(
         f"_base_ = '{REPO / 'configs/pipeline/voc12_vim-s_vs_deit-s.py'}'\n"
         "seeds = dict(thresholds=[0.3, 0.5])\n"
         "maps = dict(rw=False, batch_size=2)  # the ViM-S affinity of one 448 image takes minutes on 2 CPU cores\n"
         "pseudo = dict(refine=['par', 'crf'], workers=0)\n"
-        f"backbones = dict(vim=dict(cls_options={short!r}, seg_options={short!r}),\n"
-        f"                 deit=dict(cls_options={short!r}, seg_options={short!r}))\n")
+        f"backbones = dict(vim=dict(cls_options={short!r}, seg_options={seg_short!r}),\n"
+        f"                 deit=dict(cls_options={short!r}, seg_options={seg_short!r}))\n")
     result = run_cli('pipeline', override, '--work-dir', 'w/pipeline', cwd=checkout, timeout=1500)
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((checkout / 'w/pipeline/report.json').read_text())
