@@ -12,6 +12,7 @@ set-up on rank 0 (lock, parameter record) while the others wait, and re-raises i
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -88,7 +89,16 @@ def current_group() -> Group:
     group = group_from_env()
     if group.sharded:
         dist.init_process_group('gloo', rank=group.rank, world_size=group.world, timeout=BARRIER_TIMEOUT)
+        atexit.register(_leave)
     return group
+
+
+def _leave() -> None:
+    """Destroy the group at exit: left to interpreter shutdown, gloo's threads can abort the process (SIGABRT)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def shard(items: Sequence[T], group: Group, key: Optional[Callable[[T], Any]] = None) -> List[T]:

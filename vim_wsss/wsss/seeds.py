@@ -24,6 +24,8 @@ A damaged file (0 bytes, truncated, NaN) is recomputed on resume; a lock keeps a
 Under torchrun (:mod:`vim_wsss.dist`) each rank explains its shard of the images (``sorted(names)[rank::world]``)
 on GPU ``LOCAL_RANK``; rank 0 writes ``maps_meta.json`` and ``no_label.txt`` before the others start, and the
 counts are summed over the ranks at the closing barrier. Resume is per image, whatever the earlier world size.
+A batch explains ``batch_size`` images x their present classes in one call; on CUDA two loader workers read the
+next images ahead into pinned memory.
 """
 from __future__ import annotations
 
@@ -386,9 +388,7 @@ def _run_batches(models: Dict[float, nn.Module], dataset: Any, todo: List[int], 
 
     model = models[1.0]
     bar = tqdm(total=len(todo), desc=desc, disable=not progress, unit='img')
-    for start in range(0, len(todo), batch_size):
-        items = [dataset[i] for i in todo[start:start + batch_size]]
-        images = torch.stack([torch.as_tensor(it['img']) for it in items]).float().to(device)
+    for images, items in _batches(dataset, todo, batch_size, device):
         check_logits(model, images, [it['name'] for it in items])
         present = [np.flatnonzero(np.asarray(it['label']) > 0) for it in items]
         width = max(len(p) for p in present)
@@ -407,6 +407,28 @@ def _run_batches(models: Dict[float, nn.Module], dataset: Any, todo: List[int], 
             result['written'] += 1
         bar.update(len(items))
     bar.close()
+
+
+def _collate(items: List[Dict[str, Any]]) -> Tuple[torch.Tensor, List[Dict[str, Any]]]:
+    """Dataset items -> ``(images (B, 3, S, S) float, items)`` (module level: loader workers pickle it)."""
+    return torch.stack([torch.as_tensor(it['img']) for it in items]).float(), items
+
+
+def _batches(dataset: Any, todo: List[int], batch_size: int, device: Union[str, torch.device]
+             ) -> Iterable[Tuple[torch.Tensor, List[Dict[str, Any]]]]:
+    """``(images (B, 3, S, S) on device, items)`` over ``dataset[todo]`` in order; on CUDA two loader workers
+    read ahead into pinned memory, elsewhere the images are read here, one batch at a time."""
+    if torch.device(device).type != 'cuda':
+        for start in range(0, len(todo), batch_size):
+            images, items = _collate([dataset[i] for i in todo[start:start + batch_size]])
+            yield images.to(device), items
+        return
+    from torch.utils.data import DataLoader, Subset
+
+    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=_collate, num_workers=2,
+                        pin_memory=True)
+    for images, items in loader:
+        yield images.to(device, non_blocking=True), items
 
 
 def _scale_models(model: nn.Module, scales: Sequence[float], scale_models: Optional[Dict[float, nn.Module]]
