@@ -2,7 +2,8 @@
 `torchrun --standalone --nproc-per-node N --no-python vim-wsss ...`.
 
 Every output file (maps, records, masks) must be byte-identical to a single-process run for world sizes 1, 2 and 3
-(11 images: uneven shards 6/5 and 4/4/3), and a run killed at one world size resumes at another.
+(11 images: uneven shards 6/5 and 4/4/3), a run killed at one world size resumes at another, and an error on the
+ranks (a live writer's lock, NaN logits) stops every rank with its one-line message instead of a hang.
 """
 from __future__ import annotations
 
@@ -199,7 +200,22 @@ def test_a_live_writer_refuses_every_rank(setup, world2, tmp_path):
     (maps / '.lock').write_text(f'{os.getpid()}\n')  # this test process: alive
     result = run(*seeds_args(setup, maps), world=2)
     assert result.returncode != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith('vim-wsss') and 'error:' in line]
-    assert len(errors) == 2 and all(f'another make-seeds (pid {os.getpid()})' in line for line in errors), \
+    errors = result.stderr.split('vim-wsss make-seeds: error: ')[1:]
+    assert len(errors) == 2 and all(e.startswith(f'another make-seeds (pid {os.getpid()})') for e in errors), \
         result.stderr
     assert (maps / '.lock').read_text().strip() == str(os.getpid())
+
+
+def test_an_error_on_the_ranks_stops_all_of_them(setup, tmp_path):
+    state = torch.load(setup['checkpoint'])
+    state['head.weight'][0, 0] = float('nan')
+    broken = tmp_path / 'nan.pth'
+    torch.save(state, broken)
+    args = list(seeds_args(setup, tmp_path / 'maps'))
+    args[2] = broken
+    result = run(*args, world=2)  # every rank meets the NaN logits: none may wait for the others forever
+    assert result.returncode != 0
+    errors = result.stderr.split('vim-wsss make-seeds: error: ')[1:]  # one a rank, each naming its own images
+    assert len(errors) == 2 and all(e.startswith('the classifier gives non-finite logits') for e in errors), \
+        result.stderr
+    assert not (tmp_path / 'maps' / '.lock').exists()
