@@ -276,6 +276,9 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor], source: PathLik
         new_head: fine-tuning: a head that is absent or of another size is left freshly initialised. False
             (evaluation): the checkpoint's head must fit the model's.
 
+    The model is marked ``is_init``: mmengine's ``BaseModule.init_weights()`` (what a Runner calls before the first
+    iteration) skips children so marked, instead of re-running the backbone's own init over the loaded weights.
+
     Raises:
         CheckpointError: listing missing / unexpected / mis-shaped keys, or the head mismatch.
     """
@@ -287,6 +290,7 @@ def load_state(model: nn.Module, state: Dict[str, torch.Tensor], source: PathLik
     state = _families()[family][1](state, model)
     check_state_dict(model, state, source, new_head=new_head)
     model.load_state_dict(state, strict=False)
+    model.is_init = True  # mmengine's BaseModule.init_weights() skips children marked so: the Runner keeps these
     return model
 
 

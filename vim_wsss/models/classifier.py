@@ -58,7 +58,7 @@ class MultiLabelClassifier(BaseModel):
     Args:
         backbone: ``dict(name=<registered backbone>, pretrained=None | path, **model kwargs)``; ``pretrained`` is an
             official Vim / DeiT file, a plain state dict or a classifier checkpoint, loaded when the model is built
-            and again after :meth:`init_weights`.
+            (the loaded backbone is marked initialised, so mmengine's ``init_weights()`` keeps it).
         num_classes: outputs (20 for VOC, no background).
         loss: 'multilabel_soft_margin' (ToCo) or 'bce'.
         data_preprocessor: mmengine data preprocessor config (default: moves tensors to the device).
@@ -72,21 +72,7 @@ class MultiLabelClassifier(BaseModel):
             raise ValueError(f'loss must be one of {LOSSES}, got {loss!r}')
         self.num_classes = num_classes
         self.loss_name = loss
-        self.pretrained = backbone.get('pretrained') or None
         self.backbone = build_backbone(backbone, num_classes)
-
-    def init_weights(self) -> None:
-        """Initialise as mmengine's Runner does before training, keeping the ``pretrained`` weights.
-
-        ``BaseModule.init_weights`` calls every child's ``init_weights``, and the backbones' own (timm's for DeiT, the
-        official Vim init) re-initialise what the file set when the model was built; the file is loaded again after
-        it, so the first training iteration starts from exactly its weights (the head stays fresh when it differs).
-        """
-        from vim_wsss.models import load_weights
-
-        super().init_weights()
-        if self.pretrained:
-            load_weights(self.backbone, self.pretrained, new_head=True)
 
     def loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Loss of logits ``(B, C)`` against multi-hot labels ``(B, C)``."""

@@ -51,19 +51,8 @@ class TokenBackbone(BaseModule):
             raise ValueError(f'scales {scales} must give one factor per output index {self.out_indices}')
         self.scales = list(scales) if scales is not None else [1] * len(self.out_indices)
         self.norm = norm
-        self.pretrained = pretrained or None
-        if self.pretrained:
-            load_weights(self.model, self.pretrained, new_head=True)
-
-    def init_weights(self) -> None:
-        """mmengine init (the segmentor's Runner calls it before training), then the ``pretrained`` weights again.
-
-        ``BaseModule.init_weights`` calls the timm model's own ``init_weights``, which would re-initialise what the
-        file set at construction; loading it again afterwards makes the first iteration start from the file.
-        """
-        super().init_weights()
-        if self.pretrained:
-            load_weights(self.model, self.pretrained, new_head=True)
+        if pretrained:  # marks the model initialised: the segmentor's init_weights() keeps the file's weights
+            load_weights(self.model, pretrained, new_head=True)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """``(B, 3, H, W)`` with (H, W) = img_size -> tuple of ``(B, D, gh * s, gw * s)``."""
