@@ -108,28 +108,13 @@ def _sigmoid(x):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# kernels. Sequence inputs u, dt, z, B, C, dout are C-contiguous fp32 (B, L, X) arrays (time-major, channels last).
-# Per job they are staged chunk by chunk into (CHUNK, BLOCK) / (CHUNK, N) local buffers (zero-padded lanes).
-# Outputs (B, L, E) and checkpoints are C-contiguous.
+# kernels. Sequence inputs u, dt, z, B, C, dout and the outputs are C-contiguous fp32 (B, L, X) arrays (time-major,
+# channels last), read and written in place: a job touches the rows ``x[b, t, e0:e0 + w]`` of its channel block.
+# Row helpers take a width w (BLOCK for full blocks, a literal, so their loops compile to fixed-length vector code;
+# the block at the end of E runs the same code with a runtime width). Per-job buffers are (.., BLOCK) wide. Arrays
+# are indexed in full (x[b, t, e]) rather than through row views: a view costs two atomic reference-count updates,
+# which in the per-state loop cost as much as the arithmetic.
 # ----------------------------------------------------------------------------------------------------------------
-@njit(inline='always', **_JIT)
-def _stage(x, b, c0, w, i0, steps, length, reverse, buf):
-    """buf[j, c] = x[b, t_j, c0 + c] for c < w, j < steps, with t_j the j-th step of the chunk in scan order."""
-    for j in range(steps):
-        t = length - 1 - (i0 + j) if reverse else i0 + j
-        for c in range(w):
-            buf[j, c] = x[b, t, c0 + c]
-
-
-@njit(inline='always', **_JIT)
-def _block_vector(v, e0, w):
-    """(BLOCK,) zero-padded copy of v[e0:e0 + w]."""
-    out = np.zeros(BLOCK, np.float32)
-    for e in range(w):
-        out[e] = v[e0 + e]
-    return out
-
-
 @njit(inline='always', **_JIT)
 def _block_A(A_t, e0, w):
     """(N, BLOCK) zero-padded copy of A_t's channels e0..e0+w."""
@@ -141,54 +126,96 @@ def _block_A(A_t, e0, w):
 
 
 @njit(inline='always', **_JIT)
-def _stage_chunk(u, dt, z, Bm, Cm, b, e0, w, i0, steps, length, reverse, softplus, has_z, bias,
-                 ub, raw, dts, dtus, zb, Bb, Cb):
-    """Stage one chunk: u, raw = dt + bias, delta = softplus(raw), delta * u, z (CHUNK, BLOCK) and B, C rows."""
-    _stage(u, b, e0, w, i0, steps, length, reverse, ub)
-    _stage(dt, b, e0, w, i0, steps, length, reverse, raw)
-    if has_z:
-        _stage(z, b, e0, w, i0, steps, length, reverse, zb)
-    _stage(Bm, b, 0, Bb.shape[1], i0, steps, length, reverse, Bb)
-    _stage(Cm, b, 0, Cb.shape[1], i0, steps, length, reverse, Cb)
-    for j in range(steps):
-        for e in range(BLOCK):
-            d = raw[j, e] + bias[e]
-            raw[j, e] = d
-            if softplus:
-                d = _softplus(d)
+def _token(i, length, reverse):
+    """Token index of scan step i."""
+    return length - 1 - i if reverse else i
+
+
+@njit(inline='always', **_JIT)
+def _delta_row(dt, u, b, t, bias, e0, w, softplus, dts, dtus, j):
+    """Token t: dts[j] = softplus(dt + bias) (or dt + bias), dtus[j] = dts[j] * u, channels e0..e0+w."""
+    if softplus:
+        for e in range(w):
+            d = _softplus(dt[b, t, e0 + e] + bias[e0 + e])
             dts[j, e] = d
-            dtus[j, e] = d * ub[j, e]
+            dtus[j, e] = d * u[b, t, e0 + e]
+    else:
+        for e in range(w):
+            d = dt[b, t, e0 + e] + bias[e0 + e]
+            dts[j, e] = d
+            dtus[j, e] = d * u[b, t, e0 + e]
 
 
 @njit(inline='always', **_JIT)
-def _step(h, Ab, dtv, dtu, bn_row, cn_row, y):
-    """One recurrence step on an (N, BLOCK) state; y receives C.h."""
-    for e in range(BLOCK):
-        y[e] = 0.0
+def _step(h, Ab, dts, dtus, Bm, Cm, b, t, y, w):
+    """One recurrence step on an (N, BLOCK) state h, in place, with dts, dtus (1, BLOCK); y (1, BLOCK) receives
+    C.h."""
+    for e in range(w):
+        y[0, e] = 0.0
     for n in range(h.shape[0]):
-        bn = bn_row[n]
-        cn = cn_row[n]
-        for e in range(BLOCK):
-            hv = _exp(dtv[e] * Ab[n, e]) * h[n, e] + dtu[e] * bn
+        bn = Bm[b, t, n]
+        cn = Cm[b, t, n]
+        for e in range(w):
+            hv = _exp(dts[0, e] * Ab[n, e]) * h[n, e] + dtus[0, e] * bn
             h[n, e] = hv
-            y[e] += cn * hv
+            y[0, e] += cn * hv
 
 
 @njit(inline='always', **_JIT)
-def _step_keep(h_prev, h, Ab, dtv, dtu, bn_row, cn_row, decay, y):
-    """Recurrence step keeping its factors: h = decay * h_prev + dtu * B with decay = exp(delta A) (N, BLOCK) each;
-    y receives C.h."""
-    for e in range(BLOCK):
-        y[e] = 0.0
+def _step_keep(hs, Ab, dts, dtus, Bm, Cm, b, t, decays, ys, j, w):
+    """Recurrence step j of a chunk keeping its factors: hs[j + 1] = decays[j] * hs[j] + dtus[j] * B_t with
+    decays[j] = exp(dts[j] A) ((CHUNK + 1 or CHUNK), N, BLOCK); ys[j] receives C.h."""
+    for e in range(w):
+        ys[j, e] = 0.0
+    for n in range(Ab.shape[0]):
+        bn = Bm[b, t, n]
+        cn = Cm[b, t, n]
+        for e in range(w):
+            a = _exp(dts[j, e] * Ab[n, e])
+            decays[j, n, e] = a
+            hv = a * hs[j, n, e] + dtus[j, e] * bn
+            hs[j + 1, n, e] = hv
+            ys[j, e] += cn * hv
+
+
+@njit(inline='always', **_JIT)
+def _out_row(y, u, z, D, b, t, e0, w, has_z, out):
+    """out[b, t] = (y + D u) * SiLU(z) (or y + D u) for channels e0..e0+w; y (1, BLOCK)."""
+    if has_z:
+        for e in range(w):
+            zv = z[b, t, e0 + e]
+            out[b, t, e0 + e] = (y[0, e] + D[e0 + e] * u[b, t, e0 + e]) * zv * _sigmoid(zv)
+    else:
+        for e in range(w):
+            out[b, t, e0 + e] = y[0, e] + D[e0 + e] * u[b, t, e0 + e]
+
+
+@njit(inline='always', **_JIT)
+def _save_state(h, ckpt, b, k, e0, w):
+    """ckpt[b, k, n, e0 + e] = h[n, e] for an (N, BLOCK) state."""
     for n in range(h.shape[0]):
-        bn = bn_row[n]
-        cn = cn_row[n]
-        for e in range(BLOCK):
-            a = _exp(dtv[e] * Ab[n, e])
-            decay[n, e] = a
-            hv = a * h_prev[n, e] + dtu[e] * bn
-            h[n, e] = hv
-            y[e] += cn * hv
+        for e in range(w):
+            ckpt[b, k, n, e0 + e] = h[n, e]
+
+
+@njit(inline='always', **_JIT)
+def _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, b, e0, w):
+    """Forward scan of batch b, channels e0..e0+w."""
+    length = out.shape[1]
+    dstate = A_t.shape[0]
+    Ab = _block_A(A_t, e0, w)
+    h = np.zeros((dstate, BLOCK), np.float32)
+    dts, dtus, y = np.empty((1, BLOCK), np.float32), np.empty((1, BLOCK), np.float32), np.empty((1, BLOCK), np.float32)
+    for i in range(length):
+        t = _token(i, length, reverse)
+        if i % CHUNK == 0:
+            _save_state(h, ckpt, b, i // CHUNK, e0, w)
+        _delta_row(dt, u, b, t, bias, e0, w, softplus, dts, dtus, 0)
+        _step(h, Ab, dts, dtus, Bm, Cm, b, t, y, w)
+        _out_row(y, u, z, D, b, t, e0, w, has_z, out)
+    for n in range(dstate):
+        for e in range(w):
+            last[b, e0 + e, n] = h[n, e]
 
 
 @njit(parallel=True, **_JIT)
@@ -196,131 +223,135 @@ def _scan_fwd(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckp
     """Forward scan. Writes out (B, L, E), ckpt (B, n_chunks, N, E) (the state before every CHUNK-th step, in scan
     order) and last (B, E, N)."""
     nb, length, dim = out.shape
-    dstate = A_t.shape[0]
     nblk = (dim + BLOCK - 1) // BLOCK
     for job in prange(nb * nblk):
         b = job // nblk
         e0 = (job % nblk) * BLOCK
         w = min(BLOCK, dim - e0)
-        Ab, Db, biasb = _block_A(A_t, e0, w), _block_vector(D, e0, w), _block_vector(bias, e0, w)
-        h = np.zeros((dstate, BLOCK), np.float32)
-        bufs = np.zeros((5, CHUNK, BLOCK), np.float32)
-        ub, raw, dts, dtus, zb = bufs[0], bufs[1], bufs[2], bufs[3], bufs[4]
-        Bb, Cb = np.zeros((CHUNK, dstate), np.float32), np.zeros((CHUNK, dstate), np.float32)
-        y = np.empty(BLOCK, np.float32)
-        for k in range(ckpt.shape[1]):
-            i0 = k * CHUNK
-            steps = min(CHUNK, length - i0)
-            for n in range(dstate):
-                for e in range(w):
-                    ckpt[b, k, n, e0 + e] = h[n, e]
-            _stage_chunk(u, dt, z, Bm, Cm, b, e0, w, i0, steps, length, reverse, softplus, has_z, biasb,
-                         ub, raw, dts, dtus, zb, Bb, Cb)
-            for j in range(steps):
-                t = length - 1 - (i0 + j) if reverse else i0 + j
-                _step(h, Ab, dts[j], dtus[j], Bb[j], Cb[j], y)
-                for e in range(w):
-                    o = y[e] + Db[e] * ub[j, e]
-                    if has_z:
-                        o = o * zb[j, e] * _sigmoid(zb[j, e])
-                    out[b, t, e0 + e] = o
-        for n in range(dstate):
-            for e in range(w):
-                last[b, e0 + e, n] = h[n, e]
+        if w == BLOCK:
+            _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, b, e0, BLOCK)
+        else:
+            _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, b, e0, w)
 
 
 @njit(inline='always', **_JIT)
-def _gate_grads(go_row, u_row, z_row, y_row, Db, has_z, g, dz_row, dD):
-    """Gradient through out = (y + D u) * SiLU(z), y = C.h: g = dL/d(y + D u), dz_row = dL/dz; accumulates dD."""
-    for e in range(BLOCK):
-        go = go_row[e]
-        if has_z:
-            zv = z_row[e]
+def _gate_grads(dout, u, z, ys, D, b, t, j, e0, w, has_z, vecs, dz):
+    """Gradient through out = (y + D u) * SiLU(z), y = ys[j] = C.h: g = vecs[1] = dL/d(y + D u), dz[b, t] = dL/dz;
+    accumulates dD in vecs[0]."""
+    if has_z:
+        for e in range(w):
+            zv = z[b, t, e0 + e]
+            uv = u[b, t, e0 + e]
             sig = _sigmoid(zv)
-            dz_row[e] = go * (y_row[e] + Db[e] * u_row[e]) * sig * (np.float32(1.0) + zv * (np.float32(1.0) - sig))
+            go = dout[b, t, e0 + e]
+            dz[b, t, e0 + e] = go * (ys[j, e] + D[e0 + e] * uv) * sig * (np.float32(1.0) + zv * (np.float32(1.0) - sig))
             go = go * zv * sig
-        g[e] = go
-        dD[e] += go * u_row[e]
+            vecs[1, e] = go
+            vecs[0, e] += go * uv
+    else:
+        for e in range(w):
+            go = dout[b, t, e0 + e]
+            vecs[1, e] = go
+            vecs[0, e] += go * u[b, t, e0 + e]
 
 
 @njit(inline='always', **_JIT)
-def _adjoint_step(lam, h_prev, h_cur, decay, Ab, dtv, dtu, g, bn_row, cn_row, dA, sB, ddt, dB_row, dC_row):
-    """Adjoint of one step. lam (N, BLOCK) enters as dL/dh_t from later steps and leaves as the part of dL/dh_{t-1}
-    that flows through h_t. Accumulates dA; writes sB = dL/d(delta u), ddt (through exp(delta A)), dB_t, dC_t."""
-    for e in range(BLOCK):
-        sB[e] = 0.0
-        ddt[e] = 0.0
+def _adjoint_step(lam, hs, decays, Ab, dts, dtus, Bm, Cm, b, t, j, vecs, dA, dB_part, dC_part, blk, w):
+    """Adjoint of step j of a chunk (token t), g = vecs[1]. lam (N, BLOCK) enters as dL/dh_t from later steps and
+    leaves as the part of dL/dh_{t-1} that flows through h_t. Accumulates dA; writes sB = vecs[2] = dL/d(delta u),
+    ddt = vecs[3] (through exp(delta A)), dB_part[b, blk, t], dC_part[b, blk, t]."""
+    for e in range(w):
+        vecs[2, e] = 0.0
+        vecs[3, e] = 0.0
     for n in range(lam.shape[0]):
-        bn = bn_row[n]
-        cn = cn_row[n]
+        bn = Bm[b, t, n]
+        cn = Cm[b, t, n]
         acc_b = np.float32(0.0)
         acc_c = np.float32(0.0)
-        for e in range(BLOCK):
-            acc_c += h_cur[n, e] * g[e]
-            lv = lam[n, e] + cn * g[e]
-            acc_b += lv * dtu[e]
-            sB[e] += lv * bn
-            q = lv * h_prev[n, e] * decay[n, e]
-            dA[n, e] += q * dtv[e]
-            ddt[e] += q * Ab[n, e]
-            lam[n, e] = lv * decay[n, e]
-        dB_row[n] = acc_b
-        dC_row[n] = acc_c
+        for e in range(w):
+            gv = vecs[1, e]
+            dn = decays[j, n, e]
+            acc_c += hs[j + 1, n, e] * gv
+            lv = lam[n, e] + cn * gv
+            acc_b += lv * dtus[j, e]
+            vecs[2, e] += lv * bn
+            q = lv * hs[j, n, e] * dn
+            dA[n, e] += q * dts[j, e]
+            vecs[3, e] += q * Ab[n, e]
+            lam[n, e] = lv * dn
+        dB_part[b, blk, t, n] = acc_b
+        dC_part[b, blk, t, n] = acc_c
+
+
+@njit(inline='always', **_JIT)
+def _input_grads(vecs, dts, u, dt, D, bias, b, t, j, e0, w, softplus, du, ddelta):
+    """du = D g + sB delta and ddelta = (ddt + sB u) (* sigmoid(dt + bias) under softplus) at token t, with
+    g, sB, ddt = vecs[1:4]."""
+    for e in range(w):
+        sb = vecs[2, e]
+        du[b, t, e0 + e] = D[e0 + e] * vecs[1, e] + sb * dts[j, e]
+        grad = vecs[3, e] + sb * u[b, t, e0 + e]
+        if softplus:
+            grad = grad * _sigmoid(dt[b, t, e0 + e] + bias[e0 + e])
+        ddelta[b, t, e0 + e] = grad
+
+
+@njit(inline='always', **_JIT)
+def _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+             du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, b, blk, w):
+    """Backward scan of batch b, channel block blk (channels blk * BLOCK .. + w)."""
+    length = du.shape[1]
+    dstate = A_t.shape[0]
+    e0 = blk * BLOCK
+    Ab = _block_A(A_t, e0, w)
+    hs = np.zeros((CHUNK + 1, dstate, BLOCK), np.float32)
+    decays = np.empty((CHUNK, dstate, BLOCK), np.float32)
+    dts, dtus = np.empty((CHUNK, BLOCK), np.float32), np.empty((CHUNK, BLOCK), np.float32)
+    ys = np.empty((CHUNK, BLOCK), np.float32)
+    lam, dA = np.zeros((dstate, BLOCK), np.float32), np.zeros((dstate, BLOCK), np.float32)
+    vecs = np.zeros((4, BLOCK), np.float32)  # dD, g, sB, ddt
+    for n in range(dstate):
+        for e in range(w):
+            lam[n, e] = dlast[b, e0 + e, n]
+    for k in range(ckpt.shape[1] - 1, -1, -1):
+        i0 = k * CHUNK
+        steps = min(CHUNK, length - i0)
+        for n in range(dstate):
+            for e in range(w):
+                hs[0, n, e] = ckpt[b, k, n, e0 + e]
+        for j in range(steps):
+            t = _token(i0 + j, length, reverse)
+            _delta_row(dt, u, b, t, bias, e0, w, softplus, dts, dtus, j)
+            _step_keep(hs, Ab, dts, dtus, Bm, Cm, b, t, decays, ys, j, w)
+        for j in range(steps - 1, -1, -1):
+            t = _token(i0 + j, length, reverse)
+            _gate_grads(dout, u, z, ys, D, b, t, j, e0, w, has_z, vecs, dz)
+            _adjoint_step(lam, hs, decays, Ab, dts, dtus, Bm, Cm, b, t, j, vecs, dA, dB_part, dC_part, blk, w)
+            _input_grads(vecs, dts, u, dt, D, bias, b, t, j, e0, w, softplus, du, ddelta)
+    for n in range(dstate):
+        for e in range(w):
+            dA_part[b, n, e0 + e] = dA[n, e]
+    for e in range(w):
+        dD_part[b, e0 + e] = vecs[0, e]
 
 
 @njit(parallel=True, **_JIT)
 def _scan_bwd(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
               du, ddelta, dz, dA_part, dD_part, dB_part, dC_part):
-    """Backward scan. Writes du, ddelta (w.r.t. the raw delta), dz (B, L, E) and per-job partial sums dA_part (B, N, E),
-    dD_part (B, E), dB_part, dC_part (B, n_blocks, L, N)."""
+    """Backward scan. Writes du, ddelta (w.r.t. the raw delta) (B, L, E), dz (B, L, E) when has_z (else a placeholder)
+    and per-job partial sums dA_part (B, N, E), dD_part (B, E), dB_part, dC_part (B, n_blocks, L, N)."""
     nb, length, dim = du.shape
-    dstate = A_t.shape[0]
     nblk = (dim + BLOCK - 1) // BLOCK
     for job in prange(nb * nblk):
         b = job // nblk
         blk = job % nblk
-        e0 = blk * BLOCK
-        w = min(BLOCK, dim - e0)
-        Ab, Db, biasb = _block_A(A_t, e0, w), _block_vector(D, e0, w), _block_vector(bias, e0, w)
-        hs = np.zeros((CHUNK + 1, dstate, BLOCK), np.float32)
-        decays = np.empty((CHUNK, dstate, BLOCK), np.float32)
-        bufs = np.zeros((8, CHUNK, BLOCK), np.float32)
-        ub, raw, dts, dtus, zb, gob, dzb, ys = bufs[0], bufs[1], bufs[2], bufs[3], bufs[4], bufs[5], bufs[6], bufs[7]
-        Bb, Cb = np.zeros((CHUNK, dstate), np.float32), np.zeros((CHUNK, dstate), np.float32)
-        lam, dA = np.zeros((dstate, BLOCK), np.float32), np.zeros((dstate, BLOCK), np.float32)
-        vecs = np.zeros((4, BLOCK), np.float32)
-        dD, g, sB, ddt = vecs[0], vecs[1], vecs[2], vecs[3]
-        for n in range(dstate):
-            for e in range(w):
-                lam[n, e] = dlast[b, e0 + e, n]
-        for k in range(ckpt.shape[1] - 1, -1, -1):
-            i0 = k * CHUNK
-            steps = min(CHUNK, length - i0)
-            for n in range(dstate):
-                for e in range(w):
-                    hs[0, n, e] = ckpt[b, k, n, e0 + e]
-            _stage_chunk(u, dt, z, Bm, Cm, b, e0, w, i0, steps, length, reverse, softplus, has_z, biasb,
-                         ub, raw, dts, dtus, zb, Bb, Cb)
-            _stage(dout, b, e0, w, i0, steps, length, reverse, gob)
-            for j in range(steps):
-                _step_keep(hs[j], hs[j + 1], Ab, dts[j], dtus[j], Bb[j], Cb[j], decays[j], ys[j])
-            for j in range(steps - 1, -1, -1):
-                t = length - 1 - (i0 + j) if reverse else i0 + j
-                _gate_grads(gob[j], ub[j], zb[j], ys[j], Db, has_z, g, dzb[j], dD)
-                _adjoint_step(lam, hs[j], hs[j + 1], decays[j], Ab, dts[j], dtus[j], g, Bb[j], Cb[j], dA, sB, ddt,
-                              dB_part[b, blk, t], dC_part[b, blk, t])
-                for e in range(w):
-                    du[b, t, e0 + e] = Db[e] * g[e] + sB[e] * dts[j, e]
-                    grad = ddt[e] + sB[e] * ub[j, e]
-                    if softplus:
-                        grad = grad * _sigmoid(raw[j, e])
-                    ddelta[b, t, e0 + e] = grad
-                    dz[b, t, e0 + e] = dzb[j, e]
-        for n in range(dstate):
-            for e in range(w):
-                dA_part[b, n, e0 + e] = dA[n, e]
-        for e in range(w):
-            dD_part[b, e0 + e] = dD[e]
+        w = min(BLOCK, dim - blk * BLOCK)
+        if w == BLOCK:
+            _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+                     du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, b, blk, BLOCK)
+        else:
+            _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+                     du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, b, blk, w)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -377,7 +408,8 @@ class _NumbaScanFn(torch.autograd.Function):
         dlast = rest[0] if rest and rest[0] is not None else torch.zeros(batch, dim, dstate)
         arrays = [_time_major(x) for x in (u, delta, z, B, C, dout)]
         params = (A.detach().float().t().contiguous().numpy(), _vector(D, dim), _vector(delta_bias, dim))
-        grads = [np.empty((batch, length, dim), np.float32) for _ in range(3)]  # du, ddelta, dz
+        grads = [np.empty((batch, length, dim) if i < 2 or z is not None else (1, 1, 1), np.float32)
+                 for i in range(3)]  # du, ddelta, dz (a placeholder without z)
         dA_part = np.empty((batch, dstate, dim), np.float32)
         dD_part = np.empty((batch, dim), np.float32)
         dBC_part = [np.zeros((batch, nblk, length, dstate), np.float32) for _ in range(2)]
