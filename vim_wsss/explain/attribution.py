@@ -45,6 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vim_wsss.ops import numba_available
+
 from .implicit_attention import ali_s6_rows, attention_channel_mean, iter_mamba_attention
 
 __all__ = [
@@ -231,18 +233,38 @@ def _captured_inputs(modules: Sequence[nn.Module]) -> Iterator[List[torch.Tensor
             handle.remove()
 
 
+#: Implementations of the gradient-weighted implicit attention of ViM ``'transformer_attr'``.
+ATTR_IMPLS = ('auto', 'torch', 'numba')
+
+
+def _resolve_attr_impl(impl: str, device: torch.device) -> str:
+    if impl not in ATTR_IMPLS:
+        raise ValueError(f"impl must be one of {ATTR_IMPLS}, got {impl!r}")
+    if impl == 'numba' and device.type != 'cpu':
+        raise ValueError("impl 'numba' runs on CPU tensors; use 'auto' or 'torch' on CUDA.")
+    if impl == 'auto':
+        return 'numba' if device.type == 'cpu' and numba_available() else 'torch'
+    return impl
+
+
 def _gradient_weighted_attention(internals: Dict[str, object], grads: torch.Tensor,
-                                 channel_chunk: Optional[int]) -> torch.Tensor:
-    """``E_c[(d logit / d H_c * H_c)^+]`` of one layer for K classes, channel chunk by channel chunk.
+                                 channel_chunk: Optional[int], impl: str = 'auto') -> torch.Tensor:
+    """``E_c[(d logit / d H_c * H_c)^+]`` of one layer for K classes.
 
     Args:
         internals: the layer's ``{'f': ScanInputs, 'b': ScanInputs}``.
         grads: ``(B, K, L, E)`` gradient of each class logit with respect to the mixer output before ``out_proj``.
-        channel_chunk: channels per chunk of the full matrices.
+        channel_chunk: channels per chunk of the full matrices (torch path).
+        impl: 'torch' (the reference: full matrices channel chunk by channel chunk), 'numba' (the compiled CPU
+            kernel of :mod:`vim_wsss.explain.gradcam_numba`, which never stores the matrices) or 'auto' (numba for
+            CPU tensors when it imports).
 
     Returns:
         ``(B, K, L, L)``.
     """
+    if _resolve_attr_impl(impl, grads.device) == 'numba':
+        from .gradcam_numba import gradient_weighted_attention_numba
+        return gradient_weighted_attention_numba(internals, grads)
     x = internals['f'].x.detach().float()  # (B, E, L), original token order
     grads = grads.transpose(-1, -2)  # (B, K, E, L)
     bsz, classes, chans, length = grads.shape
@@ -256,12 +278,13 @@ def _gradient_weighted_attention(internals: Dict[str, object], grads: torch.Tens
 
 def vim_transformer_attr(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, *,
                          start_layer: Optional[int] = None, channel_chunk: Optional[int] = None,
-                         **_: object) -> torch.Tensor:
+                         impl: str = 'auto', **_: object) -> torch.Tensor:
     """Gradient-weighted rollout of the full implicit attention (the paper's formula, Chefer's rule): ``(B, K, M)``.
 
     Args:
         start_layer: first rolled-out layer (default 0).
-        channel_chunk: channels per chunk of the full implicit-attention matrices.
+        channel_chunk: channels per chunk of the full implicit-attention matrices (torch path).
+        impl: the per-layer kernel, see :func:`_gradient_weighted_attention` (``ATTR_IMPLS``).
         Others: as :func:`vim_ours`.
     """
     depth = _depth(model, 'vim')
@@ -276,7 +299,7 @@ def vim_transformer_attr(model: nn.Module, images: torch.Tensor, classes: torch.
     joint = torch.eye(length, device=images.device).expand(images.shape[0], classes.shape[1], -1, -1)
     for i, layer in enumerate(range(start, depth)):
         grads = torch.stack([g[i] for g in per_class], dim=1)  # (B, K, L, E)
-        cam = _gradient_weighted_attention(out['internals'][layer], grads, channel_chunk)
+        cam = _gradient_weighted_attention(out['internals'][layer], grads, channel_chunk, impl)
         joint = joint + cam @ joint
     return _drop_index(joint[:, :, cls], cls)
 
@@ -397,7 +420,7 @@ METHODS: Dict[str, Dict[str, MethodFn]] = {
 def relevance_maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor, method: str, *,
                    start_layer: Optional[int] = None, out_size: Optional[Tuple[int, int]] = None,
                    normalize: bool = True, ali_index_bug: bool = False,
-                   channel_chunk: Optional[int] = None) -> torch.Tensor:
+                   channel_chunk: Optional[int] = None, impl: str = 'auto') -> torch.Tensor:
     """Relevance maps of the requested classes.
 
     Args:
@@ -412,6 +435,8 @@ def relevance_maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor
         normalize: min-max each map to [0, 1] (after the clamp at 0); False keeps the clamped values.
         ali_index_bug: ViM Ali et al. methods only: reproduce their off-by-one S6 rows.
         channel_chunk: ViM 'ours' and 'transformer_attr': channels per implicit-attention chunk (memory bound).
+        impl: ViM 'transformer_attr': 'auto' (the compiled CPU kernel for CPU tensors when numba imports, else
+            torch), 'torch' (full matrices, the reference) or 'numba'.
 
     Returns:
         ``(B, K, h, w)`` non-negative fp32 maps.
@@ -423,7 +448,7 @@ def relevance_maps(model: nn.Module, images: torch.Tensor, classes: torch.Tensor
         warnings.warn('relevance_maps: the model is in training mode (dropout / drop-path active); call model.eval().')
     classes = _check_classes(classes, images.shape[0], int(model.num_classes))
     patch_rel = METHODS[family][method](model, images, classes, start_layer=start_layer,
-                                        ali_index_bug=ali_index_bug, channel_chunk=channel_chunk)
+                                        ali_index_bug=ali_index_bug, channel_chunk=channel_chunk, impl=impl)
     size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
     with torch.autocast(device_type=images.device.type, enabled=False):
         return patches_to_maps(patch_rel.detach().float(), tuple(model.grid_size), size, normalize=normalize)

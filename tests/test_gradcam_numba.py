@@ -1,0 +1,112 @@
+"""The compiled gradient-weighted implicit attention of ViM 'transformer_attr' (vim_wsss/explain/gradcam_numba.py)
+against the torch path (full matrices), against the layer output itself, and through ``relevance_maps``."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from test_implicit_attention import inner_x, random_mixer
+from vim_wsss.explain import relevance_maps
+from vim_wsss.explain.attribution import _gradient_weighted_attention, _resolve_attr_impl
+from vim_wsss.models import create_model
+from vim_wsss.ops import numba_available
+
+pytestmark = pytest.mark.skipif(not numba_available(), reason='numba is not installed')
+
+# (d_model, d_state, d_conv, L): L on and off the kernel's 16-lane grid, L = 1, d_state not a power of two
+SHAPES = [(8, 4, 4, 11), (16, 8, 2, 33), (24, 16, 4, 48), (8, 5, 3, 1), (12, 16, 4, 70)]
+
+
+def internals_of(mixer, hidden):
+    with torch.no_grad():
+        _, internals = mixer(hidden, return_internals=True)
+    return internals
+
+
+def mixer_output_before_out_proj(mixer, hidden):
+    seen = []
+    handle = mixer.out_proj.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    with torch.no_grad():
+        mixer(hidden)
+    handle.remove()
+    return seen[0]  # (B, L, E)
+
+
+@pytest.mark.parametrize('d_model,d_state,d_conv,length', SHAPES)
+def test_kernel_matches_full_matrices(d_model, d_state, d_conv, length):
+    mixer = random_mixer(d_model, d_state, d_conv, seed=d_model + length)
+    hidden = torch.randn(2, length, d_model)
+    internals = internals_of(mixer, hidden)
+    grads = torch.randn(2, 3, length, mixer.d_inner)
+    got = _gradient_weighted_attention(internals, grads, None, 'numba')
+    want = _gradient_weighted_attention(internals, grads, None, 'torch')
+    assert got.shape == want.shape == (2, 3, length, length)
+    assert want.abs().max() > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def test_kernel_fast_decay_flushes_without_error():
+    """Large steps and A down to -16 over a long sequence: states underflow and are flushed; still the torch path."""
+    mixer = random_mixer(16, 16, 4, seed=5)
+    with torch.no_grad():
+        for proj in (mixer.dt_proj, mixer.dt_proj_b):
+            proj.bias.fill_(2.0)
+        for name in ('A_log', 'A_b_log'):
+            getattr(mixer, name).copy_(torch.log(torch.arange(1, 17.0)).expand(mixer.d_inner, -1) + 0.5)
+    hidden = torch.randn(1, 150, 16)
+    internals = internals_of(mixer, hidden)
+    assert internals['f'].delta.mean() > 1.0
+    grads = torch.randn(1, 2, 150, mixer.d_inner)
+    got = _gradient_weighted_attention(internals, grads, None, 'numba')
+    want = _gradient_weighted_attention(internals, grads, None, 'torch')
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+@pytest.mark.parametrize('d_model,d_state,d_conv,length', SHAPES[:3])
+def test_kernel_reproduces_layer_output(d_model, d_state, d_conv, length):
+    """relu(a) - relu(-a) = a: with one channel per class, E * sum_j (cam(g) - cam(-g))[k, i, j] = g_k[i] (H x)[i],
+    and with zero conv bias and D, H x is the mixer output before out_proj."""
+    mixer = random_mixer(d_model, d_state, d_conv, seed=3 * d_model, zero_affine=True)
+    hidden = torch.randn(2, length, d_model)
+    internals = internals_of(mixer, hidden)
+    y = mixer_output_before_out_proj(mixer, hidden)  # (B, L, E)
+    chans = mixer.d_inner
+    picked = torch.tensor([0, chans // 2, chans - 1])
+    signs = torch.randn(2, len(picked), length)
+    grads = torch.zeros(2, len(picked), length, chans)
+    for k, c in enumerate(picked):
+        grads[:, k, :, c] = signs[:, k]
+    diff = (_gradient_weighted_attention(internals, grads, None, 'numba')
+            - _gradient_weighted_attention(internals, -grads, None, 'numba'))
+    rebuilt = diff.sum(-1) * chans  # (B, K, L)
+    want = signs * y[:, :, picked].transpose(1, 2)
+    torch.testing.assert_close(rebuilt, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+    assert torch.allclose(inner_x(mixer, hidden), internals['f'].x)
+
+
+def test_relevance_maps_numba_equals_torch():
+    torch.manual_seed(0)
+    model = create_model('vim_test_patch8_64', num_classes=5).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            for conv in (layer.mixer.conv1d, layer.mixer.conv1d_b):
+                conv.bias.normal_(0, 0.5)
+        model.head.weight.normal_(0, 0.5)
+    images = torch.randn(2, 3, 64, 64)
+    classes = torch.tensor([[1, 4], [0, 2]])
+    got = relevance_maps(model, images, classes, 'transformer_attr', impl='numba', normalize=False)
+    want = relevance_maps(model, images, classes, 'transformer_attr', impl='torch', normalize=False)
+    assert want.amax() > 0
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def test_impl_choice():
+    cpu = torch.device('cpu')
+    assert _resolve_attr_impl('auto', cpu) == 'numba'
+    assert _resolve_attr_impl('torch', cpu) == 'torch'
+    assert _resolve_attr_impl('auto', torch.device('cuda')) == 'torch'
+    with pytest.raises(ValueError, match='CPU tensors'):
+        _resolve_attr_impl('numba', torch.device('cuda'))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        _resolve_attr_impl('fast', cpu)
