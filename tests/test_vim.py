@@ -7,6 +7,7 @@ import torch
 
 import vim_wsss.models  # noqa: F401  registers the entrypoints
 from vim_wsss.models import VisionMamba, create_model, list_models
+from vim_wsss.models.vim import BiMambaMixer
 from vim_wsss.ops import cuda_kernel_available, scan_impl
 
 SCAN_PATHS = ['ref', 'fast'] + (['cuda'] if cuda_kernel_available() else [])
@@ -104,6 +105,36 @@ def test_scan_paths_agree_at_model_level():
         torch.testing.assert_close(xgrad, ref_xgrad, rtol=1e-4, atol=1e-5 * ref_xgrad.abs().max().item())
         for k, g in ref_grads.items():
             torch.testing.assert_close(grads[k], g, rtol=1e-4, atol=1e-5 * g.abs().max().item() + 1e-12, msg=k)
+
+
+def set_conv_impl(model, impl):
+    for module in model.modules():
+        if isinstance(module, BiMambaMixer):
+            module.conv_impl = impl
+    return model
+
+
+@pytest.mark.parametrize('train', [False, True])
+def test_conv_paths_agree_at_model_level(train):
+    """The mixer's conv + SiLU through the dispatch ('auto': compiled on CPU) and through the PyTorch formula ('ref'):
+    logits, input gradients, every parameter gradient and the explain internals (conv_out) agree to fp32 rounding."""
+    model = perturb(tiny()).train(train)
+    x = images()
+    results = {}
+    for impl in ('ref', 'auto'):
+        set_conv_impl(model, impl)
+        model.zero_grad()
+        xi = x.clone().requires_grad_()
+        logits = model(xi)
+        (logits * torch.arange(1., 6.)).sum().backward()
+        with torch.no_grad():
+            _, internals = model.layers[-1].mixer(torch.randn(2, 65, 32, generator=torch.Generator().manual_seed(4)),
+                                                 return_internals=True)
+        results[impl] = [logits.detach(), xi.grad] + [p.grad for p in model.parameters()] + \
+            [getattr(internals[d], k) for d in 'fb' for k in ('conv_out', 'u')]
+    set_conv_impl(model, 'auto')
+    for got, want in zip(results['auto'], results['ref']):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item() + 1e-12)
 
 
 def test_geometry_and_api():

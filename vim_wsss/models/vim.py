@@ -31,7 +31,7 @@ from timm.layers import DropPath, lecun_normal_, resample_abs_pos_embed, to_2tup
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 
-from vim_wsss.ops import selective_scan
+from vim_wsss.ops import causal_conv1d_silu, selective_scan
 
 from .checkpoint import CheckpointError, drop_mismatched_head, load_weights
 
@@ -143,7 +143,13 @@ class BiMambaMixer(nn.Module):
         dt_min, dt_max, dt_init_floor, dt_scale: Mamba step-size initialisation (log-uniform dt in [min, max]).
         a_init_scale: A is initialised to ``-a_init_scale * (1..N)`` (Mamba's S4D-real init is 1). Only the
             initialisation: checkpoints load their own A_log.
+
+    Attributes:
+        conv_impl: implementation of the causal conv + SiLU, :func:`vim_wsss.ops.causal_conv1d_silu`'s ``impl``
+            ('auto': compiled on CPU when numba imports, else pure PyTorch; 'ref' forces the PyTorch formula).
     """
+
+    conv_impl = 'auto'
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: Union[int, str] = 'auto', dt_min: float = 1e-3, dt_max: float = 1e-1,
@@ -205,15 +211,12 @@ class BiMambaMixer(nn.Module):
             :class:`_Branch`; ``x, z, conv_out, u, dt`` ``(B, L, E)``, ``B, C`` ``(B, L, N)``.
         """
         conv, x_proj, dt_proj, _, _ = self._branch_params(direction)
-        E, R, N, K = self.d_inner, self.dt_rank, self.d_state, self.d_conv
+        E, R, N = self.d_inner, self.dt_rank, self.d_state
         with torch.autocast(device_type=xz.device.type, enabled=False):
             x, z = xz.float().split([E, E], dim=-1)
             weight = conv.weight.float()[:, 0]  # (E, K), tap K-1 is the current token of the scan order
-            taps = weight.t() if direction == 'f' else weight.t().flip(0)  # (K, E) in original token order
-            pad = (0, 0, K - 1, 0) if direction == 'f' else (0, 0, 0, K - 1)
-            x_pad = F.pad(x, pad)
-            conv_out = conv.bias.float() + sum(x_pad[:, k:k + x.shape[1]] * taps[k] for k in range(K))
-            u = F.silu(conv_out)
+            conv_out, u = causal_conv1d_silu(x, weight, conv.bias.float(), reverse=direction == 'b',
+                                             impl=self.conv_impl)
             dt, B, C = F.linear(u, x_proj.weight.float()).split([R, N, N], dim=-1)
             dt = F.linear(dt, dt_proj.weight.float())  # (B, L, E), bias added inside the scan
         return _Branch(x=x, z=z, conv_out=conv_out, u=u, dt=dt, B=B, C=C)

@@ -116,6 +116,14 @@ def _sigmoid(x):
 # which in the per-state loop cost as much as the arithmetic.
 # ----------------------------------------------------------------------------------------------------------------
 @njit(inline='always', **_JIT)
+def _job_span(job, dim, block):
+    """(batch, first channel, width) of parallel job ``job`` over batch x blocks of ``block`` channels."""
+    nblk = (dim + block - 1) // block
+    e0 = (job % nblk) * block
+    return job // nblk, e0, min(block, dim - e0)
+
+
+@njit(inline='always', **_JIT)
 def _block_A(A_t, e0, w):
     """(N, BLOCK) zero-padded copy of A_t's channels e0..e0+w."""
     Ab = np.zeros((A_t.shape[0], BLOCK), np.float32)
@@ -222,12 +230,9 @@ def _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt
 def _scan_fwd(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last):
     """Forward scan. Writes out (B, L, E), ckpt (B, n_chunks, N, E) (the state before every CHUNK-th step, in scan
     order) and last (B, E, N)."""
-    nb, length, dim = out.shape
-    nblk = (dim + BLOCK - 1) // BLOCK
-    for job in prange(nb * nblk):
-        b = job // nblk
-        e0 = (job % nblk) * BLOCK
-        w = min(BLOCK, dim - e0)
+    nb, _, dim = out.shape
+    for job in prange(nb * ((dim + BLOCK - 1) // BLOCK)):
+        b, e0, w = _job_span(job, dim, BLOCK)
         if w == BLOCK:
             _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, b, e0, BLOCK)
         else:
@@ -340,12 +345,10 @@ def _scan_bwd(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dl
               du, ddelta, dz, dA_part, dD_part, dB_part, dC_part):
     """Backward scan. Writes du, ddelta (w.r.t. the raw delta) (B, L, E), dz (B, L, E) when has_z (else a placeholder)
     and per-job partial sums dA_part (B, N, E), dD_part (B, E), dB_part, dC_part (B, n_blocks, L, N)."""
-    nb, length, dim = du.shape
-    nblk = (dim + BLOCK - 1) // BLOCK
-    for job in prange(nb * nblk):
-        b = job // nblk
-        blk = job % nblk
-        w = min(BLOCK, dim - blk * BLOCK)
+    nb, _, dim = du.shape
+    for job in prange(nb * ((dim + BLOCK - 1) // BLOCK)):
+        b, e0, w = _job_span(job, dim, BLOCK)
+        blk = e0 // BLOCK
         if w == BLOCK:
             _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
                      du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, b, blk, BLOCK)

@@ -1,0 +1,182 @@
+"""Compiled CPU causal depthwise conv1d + SiLU (numba), forward and backward, behind
+:func:`vim_wsss.ops.causal_conv1d_silu` as 'numba'.
+
+Same semantics as :func:`vim_wsss.ops.conv1d.causal_conv1d_silu_ref` (the taps are accumulated in the same order,
+bias added last; SiLU uses the scan kernels' vectorisable polynomial exp, ~1e-7 relative error): fp32 throughout,
+results and gradients in the input dtypes. One pass over x forward (conv and SiLU written together), one pass
+backward (the SiLU derivative from the saved conv output, then the gradients of x, the taps and the bias), instead of
+K shifted multiply-adds on a padded copy plus a SiLU, each reading and writing the whole ``(B, L, E)`` tensor.
+
+Layout: ``(B, L, E)`` C-contiguous fp32 arrays (time-major, channels last; a strided channels-last view such as the
+mixer's split of ``in_proj``'s output is copied once). One job per (batch, block of ``BLOCK`` channels), run in
+parallel; channels innermost, so every tap is one vector multiply-add.
+
+Compile time, threads and the threading layer are those of :mod:`vim_wsss.ops.scan_numba` (this module imports it):
+the two kernels compile on first use (about 10 s together on a busy 2-core machine) and are cached on disk
+(``cache=True``); each call runs on ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)`` threads of numba's
+'workqueue' pool, calls take turns through the scan's launch lock. The kernels inline helpers of ``scan_numba``
+(exp, sigmoid, the job split) and numba's cache is keyed on this file alone: after editing those helpers, delete
+this module's cache files (``__pycache__/conv_numba.*``).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from .scan_numba import _JIT, _LAUNCH_LOCK, _job_span, _set_threads, _sigmoid
+
+BLOCK = 256  # channels per job
+
+
+@njit(inline='always', **_JIT)
+def _source(t, k, K, reverse):
+    """Token read by tap slot k of output token t (slot order is the reference's accumulation order) and the
+    weight column it multiplies."""
+    if reverse:
+        return t + k, K - 1 - k
+    return t - (K - 1) + k, k
+
+
+@njit(inline='always', **_JIT)
+def _taps_row(src, wt, b, t, e0, w, reverse, acc):
+    """acc[e] = sum over the valid taps k of src[b, s_k, e0 + e] * wt[tap_k, e0 + e] for output token t."""
+    length = src.shape[1]
+    K = wt.shape[0]
+    for e in range(w):
+        acc[e] = 0.0
+    for k in range(K):
+        s, tap = _source(t, k, K, reverse)
+        if 0 <= s < length:
+            for e in range(w):
+                acc[e] += src[b, s, e0 + e] * wt[tap, e0 + e]
+
+
+@njit(inline='always', **_JIT)
+def _fwd_job(x, wt, bias, reverse, conv, u, b, e0, w):
+    acc = np.empty(BLOCK, np.float32)
+    for t in range(x.shape[1]):
+        _taps_row(x, wt, b, t, e0, w, reverse, acc)
+        for e in range(w):
+            c = bias[e0 + e] + acc[e]
+            conv[b, t, e0 + e] = c
+            u[b, t, e0 + e] = c * _sigmoid(c)
+
+
+@njit(parallel=True, **_JIT)
+def _conv_fwd(x, wt, bias, reverse, conv, u):
+    """conv = bias + sum of the K taps, u = SiLU(conv); x, conv, u (B, L, E), wt (K, E), bias (E,)."""
+    nb, _, dim = x.shape
+    for job in prange(nb * ((dim + BLOCK - 1) // BLOCK)):
+        b, e0, w = _job_span(job, dim, BLOCK)
+        if w == BLOCK:
+            _fwd_job(x, wt, bias, reverse, conv, u, b, e0, BLOCK)
+        else:
+            _fwd_job(x, wt, bias, reverse, conv, u, b, e0, w)
+
+
+@njit(inline='always', **_JIT)
+def _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, b, e0, w):
+    length = x.shape[1]
+    K = wt.shape[0]
+    dw = np.zeros((K, BLOCK), np.float32)
+    db = np.zeros(BLOCK, np.float32)
+    for t in range(length):
+        for e in range(w):
+            c = conv[b, t, e0 + e]
+            sig = _sigmoid(c)
+            gv = gu[b, t, e0 + e] * sig * (np.float32(1.0) + c * (np.float32(1.0) - sig))
+            if has_gconv:
+                gv += gconv[b, t, e0 + e]
+            g[b, t, e0 + e] = gv
+            db[e] += gv
+        for k in range(K):
+            s, tap = _source(t, k, K, reverse)
+            if 0 <= s < length:
+                for e in range(w):
+                    dw[tap, e] += g[b, t, e0 + e] * x[b, s, e0 + e]
+    # dx is the conv of g in the other direction with the same taps (no bias)
+    acc = np.empty(BLOCK, np.float32)
+    for s in range(length):
+        _taps_row(g, wt, b, s, e0, w, not reverse, acc)
+        for e in range(w):
+            dx[b, s, e0 + e] = acc[e]
+    for k in range(K):
+        for e in range(w):
+            dw_part[b, k, e0 + e] = dw[k, e]
+    for e in range(w):
+        db_part[b, e0 + e] = db[e]
+
+
+@njit(parallel=True, **_JIT)
+def _conv_bwd(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part):
+    """Gradients: g = gu * SiLU'(conv) (+ gconv when has_gconv; else gconv is a placeholder) (B, L, E) (scratch),
+    dx (B, L, E), per-batch partial sums dw_part (B, K, E) and db_part (B, E)."""
+    nb, _, dim = x.shape
+    for job in prange(nb * ((dim + BLOCK - 1) // BLOCK)):
+        b, e0, w = _job_span(job, dim, BLOCK)
+        if w == BLOCK:
+            _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, b, e0, BLOCK)
+        else:
+            _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, b, e0, w)
+
+
+def _array(x: torch.Tensor) -> np.ndarray:
+    """C-contiguous fp32 numpy view (a copy when x is strided or another dtype)."""
+    return x.detach().float().contiguous().numpy()
+
+
+class _ConvSiluFn(torch.autograd.Function):
+    """Fused causal depthwise conv + SiLU through the numba kernels, analytic backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, reverse):
+        ctx.set_materialize_grads(False)  # conv's gradient is None when only u is used (training)
+        xa = _array(x)
+        wt = _array(weight.t())
+        ba = _array(bias) if bias is not None else np.zeros(weight.shape[0], np.float32)
+        conv, u = np.empty_like(xa), np.empty_like(xa)
+        with _LAUNCH_LOCK:
+            _set_threads()
+            _conv_fwd(xa, wt, ba, bool(reverse), conv, u)
+        conv_t = torch.from_numpy(conv)
+        ctx.save_for_backward(x, weight, bias, conv_t)
+        ctx.reverse = bool(reverse)
+        return conv_t.to(x.dtype), torch.from_numpy(u).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, gconv, gu):
+        x, weight, bias, conv = ctx.saved_tensors
+        xa = _array(x)
+        if gu is None:
+            gu = torch.zeros_like(conv)
+        batch, _, dim = xa.shape
+        K = weight.shape[1]
+        g, dx = np.empty_like(xa), np.empty_like(xa)
+        dw_part = np.empty((batch, K, dim), np.float32)
+        db_part = np.empty((batch, dim), np.float32)
+        with _LAUNCH_LOCK:
+            _set_threads()
+            _conv_bwd(xa, _array(weight.t()), conv.numpy(), _array(conv if gconv is None else gconv),
+                      gconv is not None, _array(gu), ctx.reverse, g, dx, dw_part, db_part)
+        dweight = torch.from_numpy(dw_part).sum(dim=0).t().to(weight.dtype)
+        dbias = None if bias is None else torch.from_numpy(db_part).sum(dim=0).to(bias.dtype)
+        return torch.from_numpy(dx).to(x.dtype), dweight, dbias, None
+
+
+def causal_conv1d_silu_numba(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+                             reverse: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Compiled CPU causal depthwise conv + SiLU; arguments and results as ``causal_conv1d_silu_ref``.
+
+    Args:
+        x: ``(B, L, E)`` CPU tensor. weight: ``(E, K)``. bias: ``(E,)`` or None.
+        reverse: anti-causal in the original order (the backward scan direction's conv).
+
+    Returns:
+        (conv, u) ``(B, L, E)`` in x's dtype.
+    """
+    if x.device.type != 'cpu':
+        raise RuntimeError("causal_conv1d_silu impl 'numba' runs on CPU tensors; use 'auto' or 'ref'.")
+    return _ConvSiluFn.apply(x, weight, bias, reverse)
