@@ -85,7 +85,14 @@ def test_kernel_reproduces_layer_output(d_model, d_state, d_conv, length):
     assert torch.allclose(inner_x(mixer, hidden), internals['f'].x)
 
 
-def test_relevance_maps_numba_equals_torch():
+def test_relevance_maps_numba_equals_torch(monkeypatch):
+    """'auto' on CPU runs the kernel (spied) and gives the torch path's maps."""
+    from vim_wsss.explain import gradcam_numba
+
+    calls = []
+    kernel = gradcam_numba.gradient_weighted_attention_numba
+    monkeypatch.setattr(gradcam_numba, 'gradient_weighted_attention_numba',
+                        lambda *args: calls.append(1) or kernel(*args))
     torch.manual_seed(0)
     model = create_model('vim_test_patch8_64', num_classes=5).eval()
     with torch.no_grad():
@@ -95,8 +102,10 @@ def test_relevance_maps_numba_equals_torch():
         model.head.weight.normal_(0, 0.5)
     images = torch.randn(2, 3, 64, 64)
     classes = torch.tensor([[1, 4], [0, 2]])
-    got = relevance_maps(model, images, classes, 'transformer_attr', impl='numba', normalize=False)
+    got = relevance_maps(model, images, classes, 'transformer_attr', normalize=False)
+    assert len(calls) == len(model.layers)
     want = relevance_maps(model, images, classes, 'transformer_attr', impl='torch', normalize=False)
+    assert len(calls) == len(model.layers)
     assert want.amax() > 0
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
 
