@@ -35,7 +35,7 @@ def _remove_cls(mat: torch.Tensor, cls: int) -> torch.Tensor:
 
 
 def patch_affinity(model: nn.Module, images: torch.Tensor, layers: Optional[Sequence[int]] = None, *,
-                   mode: str = 'relu', channel_chunk: Optional[int] = None) -> torch.Tensor:
+                   mode: str = 'relu', channel_chunk: Optional[int] = None, impl: str = 'auto') -> torch.Tensor:
     """Channel-/head-aggregated attention between patches, averaged over layers.
 
     Args:
@@ -43,7 +43,9 @@ def patch_affinity(model: nn.Module, images: torch.Tensor, layers: Optional[Sequ
         images: ``(B, 3, H, W)``.
         layers: block indices (negative from the end); default the last third (:func:`default_affinity_layers`).
         mode: ViM channel aggregation, 'relu' (mean of max(H_c, 0), default) or 'abs' (mean of |H_c|).
-        channel_chunk: ViM channels per chunk (default from a ~256 MB budget).
+        channel_chunk: ViM channels per chunk of the torch path (default from a ~256 MB budget).
+        impl: ViM channel means: 'auto' (the compiled CPU kernel for CPU tensors when numba imports), 'torch' or
+            'numba' (see :func:`~vim_wsss.explain.implicit_attention.attention_channel_mean`).
 
     Returns:
         ``(B, M, M)`` fp32, rows = query patches, columns = key patches, row-major patch order.
@@ -63,7 +65,7 @@ def patch_affinity(model: nn.Module, images: torch.Tensor, layers: Optional[Sequ
         for layer in chosen:
             if family == 'vim':
                 mat = attention_channel_mean(None, None, mode=mode, internals=out['internals'][layer],
-                                             channel_chunk=channel_chunk)
+                                             channel_chunk=channel_chunk, impl=impl)
             else:
                 mat = out['attn'][layer].float().mean(dim=1)
             mat = _remove_cls(mat, cls)

@@ -1,14 +1,16 @@
-"""Compiled CPU kernel (numba) for the gradient-weighted implicit attention of ``transformer_attr``.
+"""Compiled CPU kernel (numba) for channel means of the clamped full implicit attention of a ViM layer.
 
-For one layer of a bidirectional ViM mixer it computes, for K target classes at once,
+For one layer of a bidirectional ViM mixer it computes, for K row weightings at once,
 
     cam[b, k, i, j] = 1/E sum_c ( g[b, k, c, i] * H[b, c, i, j] * x[b, c, j] )^+
 
 with ``H_c = 1/2 (H_f,c + J H_b,c J)`` the full unified implicit attention (S6, conv, SiLU and gate folded in) of
-:mod:`vim_wsss.explain.implicit_attention`, ``x`` the in_proj x-part and ``g`` the gradient of each class logit with
-respect to the mixer output before ``out_proj``. It is the fast path of
-:func:`vim_wsss.explain.attribution._gradient_weighted_attention`; the torch path (full matrices from the block
-factorisation, chunked over channels) is the reference, and the tests compare the two.
+:mod:`vim_wsss.explain.implicit_attention`. With ``x`` the in_proj x-part and ``g`` the gradient of each class logit
+with respect to the mixer output before ``out_proj`` it is the fast path of ViM ``transformer_attr``
+(:func:`vim_wsss.explain.attribution._gradient_weighted_attention`); with ``g = x = 1`` (and ``g = -1`` for the
+magnitude) it is the fast path of the affinity's channel means
+(:func:`vim_wsss.explain.implicit_attention.attention_channel_mean`). The torch paths (full matrices from the block
+factorisation, chunked over channels) are the reference, and the tests compare them.
 
 Method: the full matrices are never stored. One job per (image, group of channels) walks each channel's scan in
 its own order with the column states ``s[n, j]`` of every earlier token (the conv folded in, so
@@ -38,7 +40,7 @@ from numba import njit, prange
 
 from vim_wsss.ops.scan_numba import _exp  # (importing scan_numba also selects numba's workqueue threading layer)
 
-__all__ = ['gradient_weighted_attention_numba', 'TINY']
+__all__ = ['weighted_relu_channel_mean', 'gradient_weighted_attention_numba', 'relu_channel_mean_numba', 'TINY']
 
 #: States whose magnitude falls below this are set to 0 (fp32 denormals start at 1.2e-38).
 TINY = np.float32(1e-30)
@@ -166,8 +168,33 @@ def _direction_arrays(ins: object, scale: float) -> tuple:
                                      ins.conv_weight))
 
 
+def weighted_relu_channel_mean(internals: dict, row_weights: torch.Tensor, col_weights: torch.Tensor
+                               ) -> torch.Tensor:
+    """``1/E sum_c (row_weights[b, k, c, i] * H_c[i, j] * col_weights[b, c, j])^+`` of one bidirectional layer.
+
+    Args:
+        internals: the layer's ``{'f': ScanInputs, 'b': ScanInputs}`` (CPU tensors; 'b' in flipped order).
+        row_weights: ``(B, K, E, L)``, e.g. the gradient of K class logits, or ones.
+        col_weights: ``(B, E, L)``, e.g. the in_proj x-part, or ones.
+
+    Returns:
+        ``(B, K, L, L)`` fp32.
+    """
+    fwd, bwd = internals['f'], internals['b']
+    bsz, classes, chans, length = row_weights.shape
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    groups = max(1, min(chans, -(-threads // bsz)))
+    parts = np.empty((bsz, groups, classes, length, length), np.float32)
+    with _LAUNCH_LOCK:
+        numba.set_num_threads(threads)
+        _gradcam(*_direction_arrays(fwd, 0.5), *_direction_arrays(bwd, 0.5), _array(col_weights),
+                 _array(row_weights), parts)
+    return torch.from_numpy(parts).sum(dim=1).div_(chans)
+
+
 def gradient_weighted_attention_numba(internals: dict, grads: torch.Tensor) -> torch.Tensor:
-    """``E_c[(d logit / d H_c * H_c)^+]`` of one bidirectional layer for K classes.
+    """``E_c[(d logit / d H_c * H_c)^+]`` of one bidirectional layer for K classes
+    (``d logit / d H_c[i, j] = grads[.., i, c] x_c[j]``).
 
     Args:
         internals: the layer's ``{'f': ScanInputs, 'b': ScanInputs}`` (CPU tensors; 'b' in flipped order).
@@ -176,13 +203,14 @@ def gradient_weighted_attention_numba(internals: dict, grads: torch.Tensor) -> t
     Returns:
         ``(B, K, L, L)`` fp32.
     """
-    fwd, bwd = internals['f'], internals['b']
-    bsz, classes, length, chans = grads.shape
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    groups = max(1, min(chans, -(-threads // bsz)))
-    parts = np.empty((bsz, groups, classes, length, length), np.float32)
-    g = _array(grads.transpose(-1, -2))  # (B, K, E, L)
-    with _LAUNCH_LOCK:
-        numba.set_num_threads(threads)
-        _gradcam(*_direction_arrays(fwd, 0.5), *_direction_arrays(bwd, 0.5), _array(fwd.x), g, parts)
-    return torch.from_numpy(parts).sum(dim=1).div_(chans)
+    return weighted_relu_channel_mean(internals, grads.transpose(-1, -2), internals['f'].x)
+
+
+def relu_channel_mean_numba(internals: dict, mode: str) -> torch.Tensor:
+    """``mean_c max(H_c, 0)`` ('relu') or ``mean_c |H_c|`` ('abs', = relu(H) + relu(-H)) of one bidirectional layer:
+    ``(B, L, L)`` fp32."""
+    x = internals['f'].x
+    ones = torch.ones_like(x, dtype=torch.float32)
+    signs = torch.tensor([1.0] if mode == 'relu' else [1.0, -1.0])
+    rows = signs.view(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[1:])
+    return weighted_relu_channel_mean(internals, rows, ones).sum(dim=1)

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vim_wsss.ops import numba_available
+
 __all__ = [
     'PARTS', 'DIRECTIONS', 'mamba_attention', 'attention_channel_mean', 'iter_mamba_attention',
     'mamba_affine_remainder', 's6_matrix', 'conv_matrix', 'apply_conv_right', 'ali_s6_rows', 'scan_internals',
@@ -565,15 +567,32 @@ def mamba_attention(mixer: Optional[nn.Module], hidden: Optional[torch.Tensor], 
     return out
 
 
+def _compiled_channel_mean(impl: str, mode: str, parts: Sequence[str], rows: RowsLike, direction: str,
+                           device: torch.device) -> bool:
+    """Whether :func:`attention_channel_mean` runs the compiled CPU kernel (full bidirectional unified matrices,
+    'relu' or 'abs', CPU tensors, numba importable)."""
+    if impl not in ('auto', 'torch', 'numba'):
+        raise ValueError(f"impl must be 'auto', 'torch' or 'numba', got {impl!r}")
+    supported = (mode in ('relu', 'abs') and set(parts) == set(PARTS) and rows is None and direction == 'both'
+                 and device.type == 'cpu')
+    if impl == 'numba' and not supported:
+        raise ValueError("impl 'numba' computes full bidirectional matrices with every part, mode 'relu' or 'abs', "
+                         "on CPU tensors; use impl 'torch' for the other options.")
+    return impl == 'numba' or (impl == 'auto' and supported and numba_available())
+
+
 def attention_channel_mean(mixer: Optional[nn.Module], hidden: Optional[torch.Tensor], *, mode: str = 'relu',
                            parts: Sequence[str] = PARTS, rows: RowsLike = None, direction: str = 'both',
                            internals: Optional[Mapping[str, object]] = None,
-                           channel_chunk: Optional[int] = None) -> torch.Tensor:
+                           channel_chunk: Optional[int] = None, impl: str = 'auto') -> torch.Tensor:
     """Channel-aggregated implicit attention ``mean_c f(H_c)`` without holding all channels at once.
 
     Args:
         mode: 'relu' = mean over channels of ``max(H_c, 0)`` (the paper's vision aggregation), 'abs' = mean of
             ``|H_c|``, 'mean' = plain mean.
+        impl: 'torch' (chunks of full matrices), 'numba' (the compiled CPU kernel of
+            :mod:`vim_wsss.explain.gradcam_numba`: full bidirectional matrices with every part, 'relu' / 'abs') or
+            'auto' (numba where it applies).
         Others: as :func:`mamba_attention`.
 
     Returns:
@@ -581,6 +600,11 @@ def attention_channel_mean(mixer: Optional[nn.Module], hidden: Optional[torch.Te
     """
     if mode not in ('relu', 'abs', 'mean'):
         raise ValueError(f"mode must be 'relu', 'abs' or 'mean', got {mode!r}")
+    first = internals.get('f') if internals is not None else None
+    device = first.delta.device if first is not None else getattr(hidden, 'device', torch.device('cpu'))
+    if _compiled_channel_mean(impl, mode, parts, rows, direction, device):
+        from .gradcam_numba import relu_channel_mean_numba
+        return relu_channel_mean_numba(scan_internals(mixer, hidden, ('f', 'b'), internals), mode)
     total, count = None, 0
     for sl, chunk in iter_mamba_attention(mixer, hidden, parts=parts, rows=rows, direction=direction,
                                           internals=internals, channel_chunk=channel_chunk):
