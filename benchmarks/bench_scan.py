@@ -5,7 +5,8 @@ forward+backward, each at 1 and 2 threads (``torch.set_num_threads``; the numba 
 out as the ViM mixer produces them (channels-last views, ``delta`` before bias + softplus, which the scan applies).
 The reference is mamba-ssm's ``selective_scan_ref`` when importable, else ours (same algorithm); it is timed once,
 at the smallest thread count, and every implementation's outputs and gradients are compared with it. Every ratio is
-measured in the same run. With CUDA present the fast path, the Triton kernel and mamba-ssm's kernel (when installed)
+measured in the same run; the gradient-requiring input copies of the fwd+bwd cases are made once per case,
+outside the timed calls. With CUDA present the fast path, the Triton kernel and mamba-ssm's kernel (when installed)
 are also timed on the GPU. Model-level ratios (ViM-S vs DeiT-S, training steps) are in ``bench_models.py``.
 
 Usage::
@@ -62,12 +63,18 @@ def scan_inputs(batch: int, length: int, dim: int = 768, dstate: int = 16, seed:
                 D=rnd(dim), z=seq(dim), delta_bias=rnd(dim) * 0.5)
 
 
+def leaves_of(inputs: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Gradient-requiring copies (same layout) of the inputs, made once per case, outside the timed calls."""
+    return {k: v.clone().requires_grad_() for k, v in inputs.items()}
+
+
 def call(fn: Callable, inputs: Dict[str, torch.Tensor], backward: bool) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-    """One forward (and backward of a weighted sum); returns the output and the input gradients."""
+    """One forward (and backward of a weighted sum; then the inputs must be leaves requiring grad, see
+    :func:`leaves_of`); returns the output and the input gradients."""
     if not backward:
         with torch.no_grad():
             return fn(**inputs, delta_softplus=True), []
-    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items()}
+    leaves = inputs
     out = fn(**leaves, delta_softplus=True)
     weights = torch.linspace(-1, 1, out.shape[-1])
     grads = torch.autograd.grad((out * weights).sum(), list(leaves.values()))
@@ -111,7 +118,8 @@ def reference_errors(reference: Callable, impls: Dict[str, Callable], inputs: Di
     ref_out, ref_grads = call(reference, inputs, backward)
     errors = {}
     for name, fn in impls.items():
-        out, grads = call(fn, {k: v.to(ref_out.device) for k, v in inputs.items()}, backward)
+        moved = {k: v.detach().to(ref_out.device) for k, v in inputs.items()}
+        out, grads = call(fn, leaves_of(moved) if backward else moved, backward)
         errors[name] = max([rel_err(out.cpu(), ref_out)] + [rel_err(a.cpu(), b) for a, b in zip(grads, ref_grads)])
     return t_ref, errors
 
@@ -123,8 +131,9 @@ def bench_scan(shapes: List[Tuple[int, int]], reference: Callable, repeats: int,
     rows = []
     impls = implementations(device)
     for length, batch in shapes:
-        inputs = {k: v.to(device) for k, v in scan_inputs(batch, length).items()}
+        plain = {k: v.to(device) for k, v in scan_inputs(batch, length).items()}
         for backward in (False, True):
+            inputs = leaves_of(plain) if backward else plain
             for n_threads in threads:
                 torch.set_num_threads(n_threads)
                 row = dict(device=device, L=length, batch=batch, E=768, N=16, mode='fwd+bwd' if backward else 'fwd',

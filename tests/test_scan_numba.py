@@ -68,6 +68,26 @@ def test_reverse_is_flipped_scan(impl, last_state):
         assert_close(g[k], g_ref[k].flip(-1) if g_ref[k].dim() == 3 else g_ref[k], 1e-5, k)
 
 
+def test_numba_full_and_partial_blocks_reverse_without_gate():
+    """E = 200 (three full 64-channel blocks, run by the fixed-width code, and a partial one), L = 150, reverse
+    scan without z (the gate gradient is a placeholder inside): every gradient against the flipped reference."""
+    inputs = make_inputs(batch=2, dim=200, dstate=16, length=150, seed=11)
+    use = ('u', 'delta', 'A', 'B', 'C', 'D', 'delta_bias')
+    out_ref, g_ref = run(selective_scan_ref, flipped(inputs), use=use)
+    out, g = run(lambda *a, **k: selective_scan(*a, impl='numba', reverse=True, **k), inputs, use=use)
+    assert_close(out, out_ref.flip(-1), 1e-5, 'out')
+    for k in use:
+        assert_close(g[k], g_ref[k].flip(-1) if g_ref[k].dim() == 3 else g_ref[k], 1e-5, k)
+
+
+def test_numba_forward_without_grad():
+    """Without gradients the forward keeps no checkpoints; results are the same."""
+    inputs = make_inputs(batch=2, dim=70, dstate=16, length=40, seed=12)
+    with torch.no_grad():
+        out = numba_scan(**inputs, delta_softplus=True)
+    assert_close(out, selective_scan_ref(**inputs, delta_softplus=True), 1e-5, 'out')
+
+
 def test_numba_any_layout():
     """Channels-last views and a gate sliced out of a wider tensor (the ViM mixer's layouts) give the same results."""
     inputs = make_inputs(batch=2, dim=70, dstate=16, length=41, seed=21)

@@ -7,17 +7,21 @@ inputs are converted, as the reference does); the output has u's dtype.
 
 Kernel layout: one job per (batch, block of ``BLOCK`` channels), jobs run in parallel (``numba.prange``); each job
 walks the sequence with its ``(N, BLOCK)`` state in a thread-local buffer, channels innermost so every update is a
-vector operation. Time-major, channels-last copies ``(B, L, E)`` of the inputs are made once per call (free when the
-caller's tensors are already channels-last views, as the ViM mixer's are). ``exp`` is a vectorisable polynomial
-(Cody-Waite range reduction, degree-7 Taylor, ~6e-8 relative error) because LLVM cannot vectorise libm's. The
-forward keeps the state every ``CHUNK`` steps; the backward recomputes each chunk from it and runs the adjoint
-recurrence in reverse, so training memory is about one ``(B, E, L)`` tensor per scan.
+vector operation. The inputs are read in place from time-major, channels-last ``(B, L, E)`` arrays (free when the
+caller's tensors are channels-last views, as the ViM mixer's u and dt are; a strided view such as the gate z is
+copied once per call), softplus(delta + bias) and delta * u are computed per token, and full channel blocks run
+code compiled for the fixed width ``BLOCK`` (the last, partial block the same code with a runtime width). ``exp`` is
+a vectorisable polynomial (Cody-Waite range reduction, degree-7 Taylor, ~6e-8 relative error) because LLVM cannot
+vectorise libm's. The forward keeps the state every ``CHUNK`` steps (only when a gradient is needed); the backward
+recomputes each chunk from it and runs the adjoint recurrence in reverse, so training memory is about one
+``(B, E, L)`` tensor per scan.
 
-Compile time: the two kernels compile on first use, 20-45 s together on a busy 2-core machine (the forward on the
-first call, the backward on the first backward), and are cached on disk (``cache=True``, in ``__pycache__`` beside
-this file, or numba's user cache dir when that is read-only; ``NUMBA_CACHE_DIR`` moves it, e.g. to a CI cache);
-later processes load them in about half a second. Editing this file invalidates the cache. There is one compiled signature per kernel: every argument is
-converted to C-contiguous fp32 and absent optional inputs are passed as placeholders.
+Compile time: the two kernels compile on first use, 45-70 s together on a busy 2-core machine (the forward on the
+first call, the backward on the first backward; each is compiled for full and partial channel blocks), and are
+cached on disk (``cache=True``, in ``__pycache__`` beside this file, or numba's user cache dir when that is
+read-only; ``NUMBA_CACHE_DIR`` moves it, e.g. to a CI cache); later processes load them in about half a second.
+Editing this file invalidates the cache. There is one compiled signature per kernel: every argument is converted
+to C-contiguous fp32 and absent optional inputs are passed as placeholders.
 
 Threads: each call runs on ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)`` numba threads, so
 ``torch.set_num_threads`` (or ``OMP_NUM_THREADS``) governs both libraries and they do not oversubscribe the cores;
@@ -216,7 +220,7 @@ def _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt
     dts, dtus, y = np.empty((1, BLOCK), np.float32), np.empty((1, BLOCK), np.float32), np.empty((1, BLOCK), np.float32)
     for i in range(length):
         t = _token(i, length, reverse)
-        if i % CHUNK == 0:
+        if i % CHUNK == 0 and i // CHUNK < ckpt.shape[1]:
             _save_state(h, ckpt, b, i // CHUNK, e0, w)
         _delta_row(dt, u, b, t, bias, e0, w, softplus, dts, dtus, 0)
         _step(h, Ab, dts, dtus, Bm, Cm, b, t, y, w)
@@ -229,7 +233,7 @@ def _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt
 @njit(parallel=True, **_JIT)
 def _scan_fwd(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last):
     """Forward scan. Writes out (B, L, E), ckpt (B, n_chunks, N, E) (the state before every CHUNK-th step, in scan
-    order) and last (B, E, N)."""
+    order; a (B, 0, N, E) ckpt keeps none, for a forward without backward) and last (B, E, N)."""
     nb, _, dim = out.shape
     for job in prange(nb * ((dim + BLOCK - 1) // BLOCK)):
         b, e0, w = _job_span(job, dim, BLOCK)
@@ -391,7 +395,8 @@ class _NumbaScanFn(torch.autograd.Function):
         arrays = [_time_major(x) for x in (u, delta, z, B, C)]
         params = (A.detach().float().t().contiguous().numpy(), _vector(D, dim), _vector(delta_bias, dim))
         out = np.empty((batch, length, dim), np.float32)
-        ckpt = torch.empty(batch, math.ceil(length / CHUNK), dstate, dim)
+        keep = any(ctx.needs_input_grad)  # the backward's checkpoints, not needed without gradients
+        ckpt = torch.empty(batch, math.ceil(length / CHUNK) if keep else 0, dstate, dim)
         last = np.empty((batch, dim, dstate), np.float32)
         with _LAUNCH_LOCK:
             _set_threads()
