@@ -199,11 +199,17 @@ class BiMambaMixer(nn.Module):
             return self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b
         raise ValueError(f"direction must be 'f' or 'b', got {direction!r}")
 
-    def _branch(self, xz: torch.Tensor, direction: str) -> _Branch:
+    def _split(self, xz: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """in_proj output ``(B, L, 2E)`` -> contiguous fp32 x, z ``(B, L, E)``, made once for both directions (the
+        compiled conv and scan would otherwise each copy their strided half)."""
+        x, z = xz.float().split([self.d_inner, self.d_inner], dim=-1)
+        return x.contiguous(), z.contiguous()
+
+    def _branch(self, x: torch.Tensor, z: torch.Tensor, direction: str) -> _Branch:
         """One direction's scan inputs in the original token order, channels-last, fp32.
 
         Args:
-            xz: in_proj output ``(B, L, 2E)``.
+            x, z: the two halves of in_proj's output, ``(B, L, E)`` each (see :meth:`_split`).
             direction: 'f' (causal conv) or 'b' (the backward scan's conv, anti-causal in the original order: the
                 causal conv of the flipped sequence, flipped back).
 
@@ -211,9 +217,8 @@ class BiMambaMixer(nn.Module):
             :class:`_Branch`; ``x, z, conv_out, u, dt`` ``(B, L, E)``, ``B, C`` ``(B, L, N)``.
         """
         conv, x_proj, dt_proj, _, _ = self._branch_params(direction)
-        E, R, N = self.d_inner, self.dt_rank, self.d_state
-        with torch.autocast(device_type=xz.device.type, enabled=False):
-            x, z = xz.float().split([E, E], dim=-1)
+        R, N = self.dt_rank, self.d_state
+        with torch.autocast(device_type=x.device.type, enabled=False):
             weight = conv.weight.float()[:, 0]  # (E, K), tap K-1 is the current token of the scan order
             conv_out, u = causal_conv1d_silu(x, weight, conv.bias.float(), reverse=direction == 'b',
                                              impl=self.conv_impl)
@@ -247,7 +252,7 @@ class BiMambaMixer(nn.Module):
         Returns:
             :class:`ScanInputs` (fp32).
         """
-        return self._scan_inputs(self._branch(self.in_proj(hidden), direction), direction)
+        return self._scan_inputs(self._branch(*self._split(self.in_proj(hidden)), direction), direction)
 
     @staticmethod
     def scan(inputs: ScanInputs) -> torch.Tensor:
@@ -265,9 +270,9 @@ class BiMambaMixer(nn.Module):
         Returns:
             ``(B, L, D)`` output in ``out_proj``'s dtype, or ``(output, internals)``.
         """
-        xz = self.in_proj(hidden)
-        branches = {d: self._branch(xz, d) for d in ('f', 'b')}
-        y = (self._scan_branch(branches['f'], 'f') + self._scan_branch(branches['b'], 'b')) / 2
+        x, z = self._split(self.in_proj(hidden))
+        branches = {d: self._branch(x, z, d) for d in ('f', 'b')}
+        y = (self._scan_branch(branches['f'], 'f') + self._scan_branch(branches['b'], 'b')).mul_(0.5)
         out = self.out_proj(y.transpose(1, 2).to(self.out_proj.weight.dtype))
         if return_internals:
             return out, {d: self._scan_inputs(br, d) for d, br in branches.items()}

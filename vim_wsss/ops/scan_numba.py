@@ -48,7 +48,10 @@ from numba.extending import intrinsic
 BLOCK = 64  # channels per job (4 AVX-512 / 8 AVX2 vectors)
 CHUNK = 16  # steps between saved states; the backward recomputes one chunk at a time
 
-_JIT = dict(cache=True, fastmath=True, nogil=True)
+# fastmath without 'arcp' (divisions stay exact) and numpy's error model (no zero-division check, whose branch kept
+# the loops with a division, sigmoid and softplus, from vectorising; no divisor here can be zero)
+_FASTMATH = {'nnan', 'ninf', 'nsz', 'contract', 'afn', 'reassoc'}
+_JIT = dict(cache=True, fastmath=_FASTMATH, nogil=True, error_model='numpy')
 _LAUNCH_LOCK = threading.Lock()  # the workqueue layer allows one parallel launch at a time
 if 'NUMBA_THREADING_LAYER' not in os.environ:
     numba.config.THREADING_LAYER = 'workqueue'
