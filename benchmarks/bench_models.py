@@ -6,8 +6,9 @@
 * on a CUDA machine also ViM-S vs DeiT-S forward + backward at 448 px, batch 8.
 
 ViM runs with each scan implementation available ('fast', the pure-PyTorch path of before, and 'numba', the compiled
-CPU kernel); every ratio is measured in the same run, at 1 and 2 threads. Random weights: speed does not depend on
-them.
+CPU kernel); every ratio is measured in the same run, at 1 and 2 threads. The mixer's causal conv + SiLU uses its
+default (``conv_impl='auto'``: the compiled kernel on CPU when numba imports) with every scan implementation.
+Random weights: speed does not depend on them.
 
 Usage::
 

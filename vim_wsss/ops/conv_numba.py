@@ -7,16 +7,17 @@ results and gradients in the input dtypes. One pass over x forward (conv and SiL
 backward (the SiLU derivative from the saved conv output, then the gradients of x, the taps and the bias), instead of
 K shifted multiply-adds on a padded copy plus a SiLU, each reading and writing the whole ``(B, L, E)`` tensor.
 
-Layout: ``(B, L, E)`` C-contiguous fp32 arrays (time-major, channels last; a strided channels-last view such as the
-mixer's split of ``in_proj``'s output is copied once). One job per (batch, block of ``BLOCK`` channels), run in
-parallel; channels innermost, so every tap is one vector multiply-add.
+Layout: ``(B, L, E)`` C-contiguous fp32 arrays (time-major, channels last; a strided view is copied once, the ViM
+mixer passes contiguous halves of ``in_proj``'s output). One job per (batch, block of ``BLOCK`` channels), run in
+parallel; channels innermost, so every tap is one vector multiply-add, and full blocks run code compiled for the
+fixed width. The gradient of x is the same tap gather run in the other direction over the SiLU-scaled gradient.
 
-Compile time, threads and the threading layer are those of :mod:`vim_wsss.ops.scan_numba` (this module imports it):
-the two kernels compile on first use (about 10 s together on a busy 2-core machine) and are cached on disk
-(``cache=True``); each call runs on ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)`` threads of numba's
-'workqueue' pool, calls take turns through the scan's launch lock. The kernels inline helpers of ``scan_numba``
-(exp, sigmoid, the job split) and numba's cache is keyed on this file alone: after editing those helpers, delete
-this module's cache files (``__pycache__/conv_numba.*``).
+Compile time: the two kernels compile on first use (about 8 s forward and 15 s backward on a busy 2-core machine)
+and are cached on disk (``cache=True``, beside this file like the scan's). Threads and the threading layer are those
+of :mod:`vim_wsss.ops.scan_numba` (this module imports it): each call runs on ``min(torch.get_num_threads(),
+NUMBA_NUM_THREADS)`` threads of numba's 'workqueue' pool, calls take turns through the scan's launch lock. The
+kernels inline helpers of ``scan_numba`` (exp, sigmoid, the job split) and numba's cache is keyed on this file
+alone: after editing those helpers, delete this module's cache files (``__pycache__/conv_numba.*``).
 """
 from __future__ import annotations
 
