@@ -31,14 +31,14 @@ Compile time: about 10-15 s on first use on a busy 2-core machine, then cached o
 """
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-from vim_wsss.ops.scan_numba import _exp  # (importing scan_numba also selects numba's workqueue threading layer)
+# scan_numba's launch lock is shared: numba's workqueue layer allows one parallel launch at a time in the process
+# (importing scan_numba also selects that layer)
+from vim_wsss.ops.scan_numba import _LAUNCH_LOCK, _exp
 
 __all__ = ['weighted_relu_channel_mean', 'gradient_weighted_attention_numba', 'relu_channel_mean_numba', 'TINY']
 
@@ -47,7 +47,6 @@ TINY = np.float32(1e-30)
 _JIT = dict(cache=True, fastmath=True, nogil=True)
 #: Column ranges of the state updates are rounded to this grid (no scalar remainder loops).
 LANES = 16
-_LAUNCH_LOCK = threading.Lock()
 
 
 @njit(inline='always', **_JIT)
