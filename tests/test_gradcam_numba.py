@@ -7,8 +7,8 @@ import torch
 
 from test_implicit_attention import inner_x, random_mixer
 from vim_wsss.explain import patch_affinity, relevance_maps
-from vim_wsss.explain.implicit_attention import attention_channel_mean
-from vim_wsss.explain.attribution import _gradient_weighted_attention, _resolve_attr_impl
+from vim_wsss.explain.implicit_attention import attention_channel_mean, resolve_attention_impl
+from vim_wsss.explain.attribution import _gradient_weighted_attention
 from vim_wsss.models import create_model
 from vim_wsss.ops import numba_available
 
@@ -113,13 +113,13 @@ def test_relevance_maps_numba_equals_torch(monkeypatch):
 
 def test_impl_choice():
     cpu = torch.device('cpu')
-    assert _resolve_attr_impl('auto', cpu) == 'numba'
-    assert _resolve_attr_impl('torch', cpu) == 'torch'
-    assert _resolve_attr_impl('auto', torch.device('cuda')) == 'torch'
+    assert resolve_attention_impl('auto', cpu) == 'numba'
+    assert resolve_attention_impl('torch', cpu) == 'torch'
+    assert resolve_attention_impl('auto', torch.device('cuda')) == 'torch'
     with pytest.raises(ValueError, match='CPU tensors'):
-        _resolve_attr_impl('numba', torch.device('cuda'))
+        resolve_attention_impl('numba', torch.device('cuda'))
     with pytest.raises(ValueError, match="impl must be one of"):
-        _resolve_attr_impl('fast', cpu)
+        resolve_attention_impl('fast', cpu)
 
 
 @pytest.mark.parametrize('mode', ['relu', 'abs'])

@@ -45,9 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vim_wsss.ops import numba_available
-
-from .implicit_attention import ali_s6_rows, attention_channel_mean, iter_mamba_attention
+from .implicit_attention import ali_s6_rows, attention_channel_mean, iter_mamba_attention, resolve_attention_impl
 
 __all__ = [
     'METHODS', 'relevance_maps', 'model_family', 'default_start_layer', 'minmax', 'rollout_from_vectors',
@@ -233,20 +231,6 @@ def _captured_inputs(modules: Sequence[nn.Module]) -> Iterator[List[torch.Tensor
             handle.remove()
 
 
-#: Implementations of the gradient-weighted implicit attention of ViM ``'transformer_attr'``.
-ATTR_IMPLS = ('auto', 'torch', 'numba')
-
-
-def _resolve_attr_impl(impl: str, device: torch.device) -> str:
-    if impl not in ATTR_IMPLS:
-        raise ValueError(f"impl must be one of {ATTR_IMPLS}, got {impl!r}")
-    if impl == 'numba' and device.type != 'cpu':
-        raise ValueError("impl 'numba' runs on CPU tensors; use 'auto' or 'torch' on CUDA.")
-    if impl == 'auto':
-        return 'numba' if device.type == 'cpu' and numba_available() else 'torch'
-    return impl
-
-
 def _gradient_weighted_attention(internals: Dict[str, object], grads: torch.Tensor,
                                  channel_chunk: Optional[int], impl: str = 'auto') -> torch.Tensor:
     """``E_c[(d logit / d H_c * H_c)^+]`` of one layer for K classes.
@@ -262,7 +246,7 @@ def _gradient_weighted_attention(internals: Dict[str, object], grads: torch.Tens
     Returns:
         ``(B, K, L, L)``.
     """
-    if _resolve_attr_impl(impl, grads.device) == 'numba':
+    if resolve_attention_impl(impl, grads.device) == 'numba':
         from .gradcam_numba import gradient_weighted_attention_numba
         return gradient_weighted_attention_numba(internals, grads)
     x = internals['f'].x.detach().float()  # (B, E, L), original token order
@@ -284,7 +268,7 @@ def vim_transformer_attr(model: nn.Module, images: torch.Tensor, classes: torch.
     Args:
         start_layer: first rolled-out layer (default 0).
         channel_chunk: channels per chunk of the full implicit-attention matrices (torch path).
-        impl: the per-layer kernel, see :func:`_gradient_weighted_attention` (``ATTR_IMPLS``).
+        impl: the per-layer kernel, see :func:`_gradient_weighted_attention` (``ATTENTION_IMPLS``).
         Others: as :func:`vim_ours`.
     """
     depth = _depth(model, 'vim')

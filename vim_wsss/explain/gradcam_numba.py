@@ -31,14 +31,15 @@ Compile time: about 10-15 s on first use on a busy 2-core machine, then cached o
 """
 from __future__ import annotations
 
-import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
 # scan_numba's launch lock is shared: numba's workqueue layer allows one parallel launch at a time in the process
 # (importing scan_numba also selects that layer)
-from vim_wsss.ops.scan_numba import _LAUNCH_LOCK, _exp
+from vim_wsss.ops.scan_numba import _LAUNCH_LOCK, _array, _exp, _set_threads
+
+from .implicit_attention import PARTS, _direction_terms
 
 __all__ = ['weighted_relu_channel_mean', 'gradient_weighted_attention_numba', 'relu_channel_mean_numba', 'TINY']
 
@@ -154,17 +155,12 @@ def _gradcam(delta_f, rs_f, cs_f, A_f, B_f, C_f, w_f, delta_b, rs_b, cs_b, A_b, 
                         dest[j] += max(gk * src[j], np.float32(0.0))
 
 
-def _array(x: torch.Tensor) -> np.ndarray:
-    return x.detach().float().contiguous().numpy()
-
-
 def _direction_arrays(ins: object, scale: float) -> tuple:
     """delta ``(B, E, L)``, row scale ``scale SiLU(z)``, column scale ``sigmoid(conv_out)`` (both ``(B, E, L)``), A
-    ``(E, N)``, B and C as ``(B, L, N)``, conv taps ``(E, K)``: one direction, in its own order."""
-    row = torch.nn.functional.silu(ins.z.detach().float()) * scale
-    col = torch.sigmoid(ins.conv_out.detach().float())
-    return tuple(_array(t) for t in (ins.delta, row, col, ins.A, ins.B.transpose(1, 2), ins.C.transpose(1, 2),
-                                     ins.conv_weight))
+    ``(E, N)``, B and C as ``(B, L, N)``, conv taps ``(E, K)``: one direction, in its own order (the factors of the
+    full unified operator, as the torch path's :func:`~vim_wsss.explain.implicit_attention._direction_terms`)."""
+    delta, col, row, weight = _direction_terms(ins, slice(None), PARTS, scale)
+    return tuple(_array(t) for t in (delta, row, col, ins.A, ins.B.transpose(1, 2), ins.C.transpose(1, 2), weight))
 
 
 def weighted_relu_channel_mean(internals: dict, row_weights: torch.Tensor, col_weights: torch.Tensor
@@ -181,11 +177,9 @@ def weighted_relu_channel_mean(internals: dict, row_weights: torch.Tensor, col_w
     """
     fwd, bwd = internals['f'], internals['b']
     bsz, classes, chans, length = row_weights.shape
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    groups = max(1, min(chans, -(-threads // bsz)))
-    parts = np.empty((bsz, groups, classes, length, length), np.float32)
     with _LAUNCH_LOCK:
-        numba.set_num_threads(threads)
+        groups = max(1, min(chans, -(-_set_threads() // bsz)))  # at least one job per thread
+        parts = np.empty((bsz, groups, classes, length, length), np.float32)
         _gradcam(*_direction_arrays(fwd, 0.5), *_direction_arrays(bwd, 0.5), _array(col_weights),
                  _array(row_weights), parts)
     return torch.from_numpy(parts).sum(dim=1).div_(chans)

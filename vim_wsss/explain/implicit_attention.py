@@ -38,6 +38,7 @@ from vim_wsss.ops import numba_available
 __all__ = [
     'PARTS', 'DIRECTIONS', 'mamba_attention', 'attention_channel_mean', 'iter_mamba_attention',
     'mamba_affine_remainder', 's6_matrix', 'conv_matrix', 'apply_conv_right', 'ali_s6_rows', 'scan_internals',
+    'ATTENTION_IMPLS', 'resolve_attention_impl',
 ]
 
 #: Sub-components of the implicit attention that can be switched off (replaced by the identity) for ablations.
@@ -567,18 +568,24 @@ def mamba_attention(mixer: Optional[nn.Module], hidden: Optional[torch.Tensor], 
     return out
 
 
-def _compiled_channel_mean(impl: str, mode: str, parts: Sequence[str], rows: RowsLike, direction: str,
-                           device: torch.device) -> bool:
-    """Whether :func:`attention_channel_mean` runs the compiled CPU kernel (full bidirectional unified matrices,
-    'relu' or 'abs', CPU tensors, numba importable)."""
-    if impl not in ('auto', 'torch', 'numba'):
-        raise ValueError(f"impl must be 'auto', 'torch' or 'numba', got {impl!r}")
-    supported = (mode in ('relu', 'abs') and set(parts) == set(PARTS) and rows is None and direction == 'both'
-                 and device.type == 'cpu')
+#: Implementations of the channel means of the full implicit attention (ViM ``transformer_attr``, the affinity).
+ATTENTION_IMPLS = ('auto', 'torch', 'numba')
+
+
+def resolve_attention_impl(impl: str, device: torch.device, supported: bool = True) -> str:
+    """'numba' (the compiled CPU kernel of :mod:`vim_wsss.explain.gradcam_numba`) or 'torch' (full matrices, the
+    reference) for a channel mean of the full implicit attention; ``supported``: the kernel covers the options.
+    'auto' picks numba for CPU tensors when numba imports and the options are supported."""
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+    if impl == 'numba' and device.type != 'cpu':
+        raise ValueError("impl 'numba' runs on CPU tensors; use 'auto' or 'torch' on CUDA.")
     if impl == 'numba' and not supported:
-        raise ValueError("impl 'numba' computes full bidirectional matrices with every part, mode 'relu' or 'abs', "
-                         "on CPU tensors; use impl 'torch' for the other options.")
-    return impl == 'numba' or (impl == 'auto' and supported and numba_available())
+        raise ValueError("impl 'numba' computes full bidirectional matrices with every part, mode 'relu' or 'abs'; "
+                         "use impl 'torch' for the other options.")
+    if impl == 'auto':
+        return 'numba' if device.type == 'cpu' and supported and numba_available() else 'torch'
+    return impl
 
 
 def attention_channel_mean(mixer: Optional[nn.Module], hidden: Optional[torch.Tensor], *, mode: str = 'relu',
@@ -602,7 +609,8 @@ def attention_channel_mean(mixer: Optional[nn.Module], hidden: Optional[torch.Te
         raise ValueError(f"mode must be 'relu', 'abs' or 'mean', got {mode!r}")
     first = internals.get('f') if internals is not None else None
     device = first.delta.device if first is not None else getattr(hidden, 'device', torch.device('cpu'))
-    if _compiled_channel_mean(impl, mode, parts, rows, direction, device):
+    supported = mode in ('relu', 'abs') and set(parts) == set(PARTS) and rows is None and direction == 'both'
+    if resolve_attention_impl(impl, device, supported) == 'numba':
         from .gradcam_numba import relu_channel_mean_numba
         return relu_channel_mean_numba(scan_internals(mixer, hidden, ('f', 'b'), internals), mode)
     total, count = None, 0

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .scan_numba import _JIT, _LAUNCH_LOCK, _job_span, _set_threads, _sigmoid
+from .scan_numba import _JIT, _LAUNCH_LOCK, _array, _job_span, _set_threads, _sigmoid
 
 BLOCK = 256  # channels per job
 
@@ -122,11 +122,6 @@ def _conv_bwd(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_par
             _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, b, e0, BLOCK)
         else:
             _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, b, e0, w)
-
-
-def _array(x: torch.Tensor) -> np.ndarray:
-    """C-contiguous fp32 numpy view (a copy when x is strided or another dtype)."""
-    return x.detach().float().contiguous().numpy()
 
 
 class _ConvSiluFn(torch.autograd.Function):

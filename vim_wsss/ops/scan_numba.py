@@ -367,23 +367,33 @@ def _scan_bwd(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dl
 # ----------------------------------------------------------------------------------------------------------------
 # torch wrapper
 # ----------------------------------------------------------------------------------------------------------------
+def _array(x: torch.Tensor) -> np.ndarray:
+    """C-contiguous fp32 numpy view of x (a copy when x is strided or of another dtype); the kernels of this module,
+    ``conv_numba`` and ``explain.gradcam_numba`` take their inputs so."""
+    return x.detach().float().contiguous().numpy()
+
+
 def _time_major(x: Optional[torch.Tensor]) -> np.ndarray:
     """``(B, X, L)`` -> C-contiguous fp32 ``(B, L, X)`` array; free for a channels-last fp32 view (the ViM mixer's
     u and dt), a copy otherwise. None -> a (1, 1, 1) placeholder."""
     if x is None:
         return np.zeros((1, 1, 1), np.float32)
-    return x.detach().float().transpose(1, 2).contiguous().numpy()
+    return _array(x.transpose(1, 2))
 
 
 def _vector(x: Optional[torch.Tensor], dim: int) -> np.ndarray:
     """``(E,)`` fp32, zeros when x is None (D = 0 and delta_bias = 0 are the absent values)."""
     if x is None:
         return np.zeros(dim, np.float32)
-    return x.detach().float().contiguous().numpy()
+    return _array(x)
 
 
-def _set_threads() -> None:
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+def _set_threads() -> int:
+    """Give numba's pool ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)`` threads (call under the launch lock);
+    returns that count."""
+    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
+    return threads
 
 
 class _NumbaScanFn(torch.autograd.Function):
@@ -396,7 +406,7 @@ class _NumbaScanFn(torch.autograd.Function):
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         ctx.flags = (bool(delta_softplus), z is not None, bool(reverse))
         arrays = [_time_major(x) for x in (u, delta, z, B, C)]
-        params = (A.detach().float().t().contiguous().numpy(), _vector(D, dim), _vector(delta_bias, dim))
+        params = (_array(A.t()), _vector(D, dim), _vector(delta_bias, dim))
         out = np.empty((batch, length, dim), np.float32)
         keep = any(ctx.needs_input_grad)  # the backward's checkpoints, not needed without gradients
         ckpt = torch.empty(batch, math.ceil(length / CHUNK) if keep else 0, dstate, dim)
@@ -418,7 +428,7 @@ class _NumbaScanFn(torch.autograd.Function):
         nblk = math.ceil(dim / BLOCK)
         dlast = rest[0] if rest and rest[0] is not None else torch.zeros(batch, dim, dstate)
         arrays = [_time_major(x) for x in (u, delta, z, B, C, dout)]
-        params = (A.detach().float().t().contiguous().numpy(), _vector(D, dim), _vector(delta_bias, dim))
+        params = (_array(A.t()), _vector(D, dim), _vector(delta_bias, dim))
         grads = [np.empty((batch, length, dim) if i < 2 or z is not None else (1, 1, 1), np.float32)
                  for i in range(3)]  # du, ddelta, dz (a placeholder without z)
         dA_part = np.empty((batch, dstate, dim), np.float32)
@@ -426,7 +436,7 @@ class _NumbaScanFn(torch.autograd.Function):
         dBC_part = [np.zeros((batch, nblk, length, dstate), np.float32) for _ in range(2)]
         with _LAUNCH_LOCK:
             _set_threads()
-            _scan_bwd(*arrays, *params, *ctx.flags, dlast.detach().float().contiguous().numpy(),
+            _scan_bwd(*arrays, *params, *ctx.flags, _array(dlast),
                       ctx.ckpt.numpy(), *grads, dA_part, dD_part, *dBC_part)
         du, ddelta, dz = (torch.from_numpy(g).transpose(1, 2) for g in grads)
         dB, dC = (torch.from_numpy(p).sum(dim=1).transpose(1, 2) for p in dBC_part)
