@@ -219,3 +219,42 @@ def test_an_error_on_the_ranks_stops_all_of_them(setup, tmp_path):
     assert len(errors) == 2 and all(e.startswith('the classifier gives non-finite logits') for e in errors), \
         result.stderr
     assert not (tmp_path / 'maps' / '.lock').exists()
+
+
+ENDING = """
+import atexit, sys
+from vim_wsss.dist import current_group, finish, gather_results
+
+
+class Finalised:
+    def __del__(self):  # runs in the interpreter's finalisation, which a rank's finish skips
+        print('finalised', flush=True)
+
+
+KEEP = Finalised()
+group = current_group()
+atexit.register(lambda: print(f'exit handlers ran on rank {group.rank}', flush=True))
+shares = gather_results(lambda: 10 * group.rank, group)
+print(f'rank {group.rank} shares {shares}', end='')  # not flushed: finish must flush it
+sys.exit(finish(int(sys.argv[1])))
+"""
+
+
+def test_a_rank_ends_through_finish(tmp_path):
+    """A joined rank runs the exit handlers, flushes, ends with its status and skips finalisation (where gloo's
+    worker threads can abort the process); one process gets its status back."""
+    from vim_wsss.dist import finish
+
+    assert finish(5) == 5  # no group joined in this process
+    script = tmp_path / 'ending.py'
+    script.write_text(ENDING)
+    env = {k: v for k, v in os.environ.items() if k not in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK')}
+    launch = [tool('torchrun'), '--standalone', '--nproc-per-node=2', str(script)]
+    done = subprocess.run(launch + ['0'], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for rank in (0, 1):
+        assert f'exit handlers ran on rank {rank}' in done.stdout
+        assert f'rank {rank} shares [0, 10]' in done.stdout
+    assert 'finalised' not in done.stdout
+    failed = subprocess.run(launch + ['3'], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert failed.returncode != 0 and 'exitcode  : 3' in failed.stderr, failed.stderr

@@ -11,7 +11,8 @@ import importlib
 import os
 import re
 import sys
-from typing import List, Optional
+import traceback
+from typing import Any, List, Optional
 
 SUBCOMMANDS = {
     'demo': ('vim_wsss.commands.demo', 'generate the synthetic dataset and run the whole ViM-vs-DeiT comparison'),
@@ -115,6 +116,32 @@ def main(argv: Optional[List[str]] = None) -> int:
     if getattr(args, 'trust_checkpoint', False):
         os.environ[TRUST_ENV] = '1'  # reaches the Runner's own loads (resume, pretrained) in this process
     debug = args.debug or os.environ.get(DEBUG_ENV, '').strip().lower() in ('1', 'true', 'yes')
+    try:
+        code = _run(name, module, args, debug)
+    except SystemExit as err:
+        if not _joined():
+            raise
+        code = err.code if isinstance(err.code, int) else 1
+    except BaseException:
+        if not _joined():
+            raise
+        traceback.print_exc()  # a bug on a torchrun rank: its traceback, then the ranks' own way out
+        code = 1
+    return _finish(code)
+
+
+def _joined() -> bool:
+    dist = sys.modules.get('vim_wsss.dist')  # only a command that imported it can have joined a group
+    return dist is not None and dist.joined()
+
+
+def _finish(code: int) -> int:
+    """``code``; a torchrun rank ends here (:func:`vim_wsss.dist.finish`)."""
+    return sys.modules['vim_wsss.dist'].finish(code) if _joined() else code
+
+
+def _run(name: str, module: Any, args: argparse.Namespace, debug: bool) -> int:
+    """``module.main(args)``'s exit status; a user error is its one line on stderr and status 1."""
     try:
         return int(module.main(args) or 0)
     except KeyboardInterrupt:
