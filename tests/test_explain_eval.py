@@ -258,4 +258,11 @@ def test_explain_command(tmp_path, vim, run_cli):
     assert os.path.isfile(os.path.join(out, 'im0_rollout_c3.png'))
     result = run_cli('explain', '--model', 'vim_test_patch8_64', '--checkpoint', ckpt, '--out', out,
                      str(tmp_path / 'nope.png'))
-    assert result.returncode == 1 and 'nope.png' in result.stderr and 'Traceback' not in result.stderr
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert f'image {tmp_path}/nope.png does not exist; check the path' in result.stderr, result.stderr
+    (tmp_path / 'text.png').write_text('not an image')
+    result = run_cli('explain', '--model', 'vim_test_patch8_64', '--checkpoint', ckpt, '--out', out,
+                     str(tmp_path / 'text.png'))
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert 'cannot decode image' in result.stderr and 'pass an image file' in result.stderr, result.stderr
+    assert 'split' not in result.stderr

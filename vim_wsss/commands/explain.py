@@ -63,7 +63,7 @@ def read_image(path: str, size: Sequence[int]) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` (read as every stage reads images: 16-bit, grey, palette handled) resized to ``size``."""
     from vim_wsss.data.voc import read_image as read_rgb
 
-    return cv2.resize(read_rgb(path), (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(read_rgb(path, listed=False), (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
 
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -199,15 +199,16 @@ def labels_from_masks(root: PathLike, names: Iterable[str], mask_dir: str = 'Seg
     return {n: labels_from_mask(read_mask(root / mask_dir / f'{n}.png')) for n in names}
 
 
-def read_image(path: PathLike) -> np.ndarray:
+def read_image(path: PathLike, listed: bool = True) -> np.ndarray:
     """RGB uint8 ``(H, W, 3)`` from any 8/16-bit image (grey, palette, RGBA alpha dropped, 16 bit scaled by 1/257).
 
-    MissingFileError / DataError naming the file if it is missing, truncated or not an image.
+    MissingFileError / DataError naming the file if it is missing, truncated or not an image; ``listed``: the file
+    comes from a split list (the fix offered is to restore it or drop its name), else from the user (check the path).
     """
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f'image {path} is listed in the split but missing; restore it or remove it from '
-                               f'the split list.')
+                               f'the split list.' if listed else f'image {path} does not exist; check the path.')
     try:
         with Image.open(path) as img:
             deep = any(';16' in str(tile.args) for tile in img.tile)  # before load() empties img.tile
@@ -216,8 +217,9 @@ def read_image(path: PathLike) -> np.ndarray:
     except DataError:
         raise
     except Exception as err:
-        raise DataError(f'cannot decode image {path} ({err}); the file is corrupt or truncated: re-extract it or '
-                        f'remove its name from the split list.') from err
+        fix = 're-extract it or remove its name from the split list' if listed else 'pass an image file'
+        raise DataError(f'cannot decode image {path} ({err}); the file is corrupt or truncated, or not an image: '
+                        f'{fix}.') from err
 
 
 def _rgb_uint8(img: Image.Image, path: Path, deep: bool) -> np.ndarray:
