@@ -59,3 +59,12 @@ def test_subcommand_help_through_the_console_script(name, run_cli):
     assert result.stdout.startswith(f'usage: vim-wsss {name}') and '--debug' in result.stdout
     reads_checkpoints = name in cli.READS_CHECKPOINTS
     assert ('--trust-checkpoint' in result.stdout) == reads_checkpoints
+
+
+def test_exit_status_of_a_system_exit_on_a_rank(capsys):
+    """What a torchrun rank exits with when a command raises SystemExit: Python's own rule."""
+    from vim_wsss.cli import _exit_status
+
+    assert [_exit_status(SystemExit(c)) for c in (None, 0, 3)] == [0, 0, 3]
+    assert _exit_status(SystemExit('--method x is not available')) == 1
+    assert capsys.readouterr().err == '--method x is not available\n'

@@ -31,11 +31,17 @@ def tool(name):
     return str(path)
 
 
-def run(*args, world=None):
-    """``vim-wsss *args`` as one process (``world`` None) or under torchrun with ``world`` ranks."""
+def clean_env():
+    """This environment without the torchrun variables and the checkpoint opt-in, one thread per process."""
     env = {k: v for k, v in os.environ.items()
            if k not in ('VIM_WSSS_TRUST_CHECKPOINT', 'WORLD_SIZE', 'RANK', 'LOCAL_RANK')}
     env['OMP_NUM_THREADS'] = '1'
+    return env
+
+
+def run(*args, world=None):
+    """``vim-wsss *args`` as one process (``world`` None) or under torchrun with ``world`` ranks."""
+    env = clean_env()
     launch = [] if world is None else [tool('torchrun'), '--standalone', f'--nproc-per-node={world}', '--no-python']
     return subprocess.run(launch + [tool('vim-wsss')] + [str(a) for a in args], capture_output=True, text=True,
                           timeout=TIMEOUT, env=env)
@@ -248,7 +254,7 @@ def test_a_rank_ends_through_finish(tmp_path):
     assert finish(5) == 5  # no group joined in this process
     script = tmp_path / 'ending.py'
     script.write_text(ENDING)
-    env = {k: v for k, v in os.environ.items() if k not in ('WORLD_SIZE', 'RANK', 'LOCAL_RANK')}
+    env = clean_env()
     launch = [tool('torchrun'), '--standalone', '--nproc-per-node=2', str(script)]
     done = subprocess.run(launch + ['0'], capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -121,13 +121,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as err:
         if not _joined():
             raise
-        code = err.code if isinstance(err.code, int) else 1
+        code = _exit_status(err)
     except BaseException:
         if not _joined():
             raise
         traceback.print_exc()  # a bug on a torchrun rank: its traceback, then the ranks' own way out
         code = 1
-    return _finish(code)
+    return sys.modules['vim_wsss.dist'].finish(code) if _joined() else code  # a torchrun rank ends in finish
 
 
 def _joined() -> bool:
@@ -135,9 +135,12 @@ def _joined() -> bool:
     return dist is not None and dist.joined()
 
 
-def _finish(code: int) -> int:
-    """``code``; a torchrun rank ends here (:func:`vim_wsss.dist.finish`)."""
-    return sys.modules['vim_wsss.dist'].finish(code) if _joined() else code
+def _exit_status(err: SystemExit) -> int:
+    """The status Python gives ``SystemExit(code)``: None -> 0, an int as it is, anything else printed -> 1."""
+    if err.code is None or isinstance(err.code, int):
+        return err.code or 0
+    print(err.code, file=sys.stderr)
+    return 1
 
 
 def _run(name: str, module: Any, args: argparse.Namespace, debug: bool) -> int:

@@ -207,8 +207,10 @@ def read_image(path: PathLike, listed: bool = True) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f'image {path} is listed in the split but missing; restore it or remove it from '
-                               f'the split list.' if listed else f'image {path} does not exist; check the path.')
+        if listed:
+            raise MissingFileError(f'image {path} is listed in the split but missing; restore it or remove it from '
+                                   'the split list.')
+        raise MissingFileError(f'image {path} does not exist; check the path.')
     try:
         with Image.open(path) as img:
             deep = any(';16' in str(tile.args) for tile in img.tile)  # before load() empties img.tile
