@@ -51,19 +51,22 @@ def _taps_row(src, wt, b, t, e0, w, reverse, acc):
     for k in range(K):
         s, tap = _source(t, k, K, reverse)
         if 0 <= s < length:
+            xr, wr = src[b, s, e0:e0 + w], wt[tap, e0:e0 + w]
             for e in range(w):
-                acc[e] += src[b, s, e0 + e] * wt[tap, e0 + e]
+                acc[e] += xr[e] * wr[e]
 
 
 @njit(inline='always', **_JIT)
 def _fwd_job(x, wt, bias, reverse, conv, u, b, e0, w):
     acc = np.empty(BLOCK, np.float32)
+    bb = bias[e0:e0 + w]
     for t in range(x.shape[1]):
         _taps_row(x, wt, b, t, e0, w, reverse, acc)
+        cr, ur = conv[b, t, e0:e0 + w], u[b, t, e0:e0 + w]
         for e in range(w):
-            c = bias[e0 + e] + acc[e]
-            conv[b, t, e0 + e] = c
-            u[b, t, e0 + e] = c * _sigmoid(c)
+            c = bb[e] + acc[e]
+            cr[e] = c
+            ur[e] = c * _sigmoid(c)
 
 
 @njit(parallel=True, **_JIT)
@@ -85,30 +88,37 @@ def _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part
     dw = np.zeros((K, BLOCK), np.float32)
     db = np.zeros(BLOCK, np.float32)
     for t in range(length):
+        cr, gur, gr = conv[b, t, e0:e0 + w], gu[b, t, e0:e0 + w], g[b, t, e0:e0 + w]
         for e in range(w):
-            c = conv[b, t, e0 + e]
+            c = cr[e]
             sig = _sigmoid(c)
-            gv = gu[b, t, e0 + e] * sig * (np.float32(1.0) + c * (np.float32(1.0) - sig))
-            if has_gconv:
-                gv += gconv[b, t, e0 + e]
-            g[b, t, e0 + e] = gv
-            db[e] += gv
+            gr[e] = gur[e] * sig * (np.float32(1.0) + c * (np.float32(1.0) - sig))
+        if has_gconv:
+            gcr = gconv[b, t, e0:e0 + w]
+            for e in range(w):
+                gr[e] += gcr[e]
+        for e in range(w):
+            db[e] += gr[e]
         for k in range(K):
             s, tap = _source(t, k, K, reverse)
             if 0 <= s < length:
+                xr = x[b, s, e0:e0 + w]
                 for e in range(w):
-                    dw[tap, e] += g[b, t, e0 + e] * x[b, s, e0 + e]
+                    dw[tap, e] += gr[e] * xr[e]
     # dx is the conv of g in the other direction with the same taps (no bias)
     acc = np.empty(BLOCK, np.float32)
     for s in range(length):
         _taps_row(g, wt, b, s, e0, w, not reverse, acc)
+        dxr = dx[b, s, e0:e0 + w]
         for e in range(w):
-            dx[b, s, e0 + e] = acc[e]
+            dxr[e] = acc[e]
     for k in range(K):
+        row = dw_part[b, k, e0:e0 + w]
         for e in range(w):
-            dw_part[b, k, e0 + e] = dw[k, e]
+            row[e] = dw[k, e]
+    row = db_part[b, e0:e0 + w]
     for e in range(w):
-        db_part[b, e0 + e] = db[e]
+        row[e] = db[e]
 
 
 @njit(parallel=True, **_JIT)

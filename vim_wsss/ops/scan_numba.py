@@ -118,9 +118,11 @@ def _sigmoid(x):
 # kernels. Sequence inputs u, dt, z, B, C, dout and the outputs are C-contiguous fp32 (B, L, X) arrays (time-major,
 # channels last), read and written in place: a job touches the rows ``x[b, t, e0:e0 + w]`` of its channel block.
 # Row helpers take a width w (BLOCK for full blocks, a literal, so their loops compile to fixed-length vector code;
-# the block at the end of E runs the same code with a runtime width). Per-job buffers are (.., BLOCK) wide. Arrays
-# are indexed in full (x[b, t, e]) rather than through row views: a view costs two atomic reference-count updates,
-# which in the per-state loop cost as much as the arithmetic.
+# the block at the end of E runs the same code with a runtime width). Per-job buffers are (.., BLOCK) wide. Loops
+# over channels index from 0: per-channel vectors (D, bias) are sliced to the block once per job and sequence rows
+# once per token (``x[b, t, e0:e0 + w]``), because an index with a variable start (``x[b, t, e0 + e]``) gets numba's
+# negative-index wraparound select, which kept those loops from vectorising (4-5x slower). In the per-state loops
+# only scalars are read from the big arrays (B[b, t, n]): a view there costs two atomic reference-count updates.
 # ----------------------------------------------------------------------------------------------------------------
 @njit(inline='always', **_JIT)
 def _job_span(job, dim, block):
@@ -148,17 +150,19 @@ def _token(i, length, reverse):
 
 @njit(inline='always', **_JIT)
 def _delta_row(dt, u, b, t, bias, e0, w, softplus, dts, dtus, j):
-    """Token t: dts[j] = softplus(dt + bias) (or dt + bias), dtus[j] = dts[j] * u, channels e0..e0+w."""
+    """Token t: dts[j] = softplus(dt + bias) (or dt + bias), dtus[j] = dts[j] * u, channels e0..e0+w; bias is the
+    block's (BLOCK,) view."""
+    dtr, ur = dt[b, t, e0:e0 + w], u[b, t, e0:e0 + w]
     if softplus:
         for e in range(w):
-            d = _softplus(dt[b, t, e0 + e] + bias[e0 + e])
+            d = _softplus(dtr[e] + bias[e])
             dts[j, e] = d
-            dtus[j, e] = d * u[b, t, e0 + e]
+            dtus[j, e] = d * ur[e]
     else:
         for e in range(w):
-            d = dt[b, t, e0 + e] + bias[e0 + e]
+            d = dtr[e] + bias[e]
             dts[j, e] = d
-            dtus[j, e] = d * u[b, t, e0 + e]
+            dtus[j, e] = d * ur[e]
 
 
 @njit(inline='always', **_JIT)
@@ -195,22 +199,25 @@ def _step_keep(hs, Ab, dts, dtus, Bm, Cm, b, t, decays, ys, j, w):
 
 @njit(inline='always', **_JIT)
 def _out_row(y, u, z, D, b, t, e0, w, has_z, out):
-    """out[b, t] = (y + D u) * SiLU(z) (or y + D u) for channels e0..e0+w; y (1, BLOCK)."""
+    """out[b, t] = (y + D u) * SiLU(z) (or y + D u) for channels e0..e0+w; y (1, BLOCK), D the block's view."""
+    ur, orow = u[b, t, e0:e0 + w], out[b, t, e0:e0 + w]
     if has_z:
+        zr = z[b, t, e0:e0 + w]
         for e in range(w):
-            zv = z[b, t, e0 + e]
-            out[b, t, e0 + e] = (y[0, e] + D[e0 + e] * u[b, t, e0 + e]) * zv * _sigmoid(zv)
+            zv = zr[e]
+            orow[e] = (y[0, e] + D[e] * ur[e]) * zv * _sigmoid(zv)
     else:
         for e in range(w):
-            out[b, t, e0 + e] = y[0, e] + D[e0 + e] * u[b, t, e0 + e]
+            orow[e] = y[0, e] + D[e] * ur[e]
 
 
 @njit(inline='always', **_JIT)
 def _save_state(h, ckpt, b, k, e0, w):
     """ckpt[b, k, n, e0 + e] = h[n, e] for an (N, BLOCK) state."""
     for n in range(h.shape[0]):
+        row = ckpt[b, k, n, e0:e0 + w]
         for e in range(w):
-            ckpt[b, k, n, e0 + e] = h[n, e]
+            row[e] = h[n, e]
 
 
 @njit(inline='always', **_JIT)
@@ -219,15 +226,16 @@ def _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt
     length = out.shape[1]
     dstate = A_t.shape[0]
     Ab = _block_A(A_t, e0, w)
+    Db, biasb = D[e0:e0 + w], bias[e0:e0 + w]
     h = np.zeros((dstate, BLOCK), np.float32)
     dts, dtus, y = np.empty((1, BLOCK), np.float32), np.empty((1, BLOCK), np.float32), np.empty((1, BLOCK), np.float32)
     for i in range(length):
         t = _token(i, length, reverse)
         if i % CHUNK == 0 and i // CHUNK < ckpt.shape[1]:
             _save_state(h, ckpt, b, i // CHUNK, e0, w)
-        _delta_row(dt, u, b, t, bias, e0, w, softplus, dts, dtus, 0)
+        _delta_row(dt, u, b, t, biasb, e0, w, softplus, dts, dtus, 0)
         _step(h, Ab, dts, dtus, Bm, Cm, b, t, y, w)
-        _out_row(y, u, z, D, b, t, e0, w, has_z, out)
+        _out_row(y, u, z, Db, b, t, e0, w, has_z, out)
     for n in range(dstate):
         for e in range(w):
             last[b, e0 + e, n] = h[n, e]
@@ -249,22 +257,24 @@ def _scan_fwd(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckp
 @njit(inline='always', **_JIT)
 def _gate_grads(dout, u, z, ys, D, b, t, j, e0, w, has_z, vecs, dz):
     """Gradient through out = (y + D u) * SiLU(z), y = ys[j] = C.h: g = vecs[1] = dL/d(y + D u), dz[b, t] = dL/dz;
-    accumulates dD in vecs[0]."""
+    accumulates dD in vecs[0]. D is the block's (BLOCK,) view."""
+    ur, gr = u[b, t, e0:e0 + w], dout[b, t, e0:e0 + w]
     if has_z:
+        zr, dzr = z[b, t, e0:e0 + w], dz[b, t, e0:e0 + w]
         for e in range(w):
-            zv = z[b, t, e0 + e]
-            uv = u[b, t, e0 + e]
+            zv = zr[e]
+            uv = ur[e]
             sig = _sigmoid(zv)
-            go = dout[b, t, e0 + e]
-            dz[b, t, e0 + e] = go * (ys[j, e] + D[e0 + e] * uv) * sig * (np.float32(1.0) + zv * (np.float32(1.0) - sig))
+            go = gr[e]
+            dzr[e] = go * (ys[j, e] + D[e] * uv) * sig * (np.float32(1.0) + zv * (np.float32(1.0) - sig))
             go = go * zv * sig
             vecs[1, e] = go
             vecs[0, e] += go * uv
     else:
         for e in range(w):
-            go = dout[b, t, e0 + e]
+            go = gr[e]
             vecs[1, e] = go
-            vecs[0, e] += go * u[b, t, e0 + e]
+            vecs[0, e] += go * ur[e]
 
 
 @njit(inline='always', **_JIT)
@@ -298,14 +308,15 @@ def _adjoint_step(lam, hs, decays, Ab, dts, dtus, Bm, Cm, b, t, j, vecs, dA, dB_
 @njit(inline='always', **_JIT)
 def _input_grads(vecs, dts, u, dt, D, bias, b, t, j, e0, w, softplus, du, ddelta):
     """du = D g + sB delta and ddelta = (ddt + sB u) (* sigmoid(dt + bias) under softplus) at token t, with
-    g, sB, ddt = vecs[1:4]."""
+    g, sB, ddt = vecs[1:4]; D and bias are the block's (BLOCK,) views."""
+    ur, dtr, dur, ddr = u[b, t, e0:e0 + w], dt[b, t, e0:e0 + w], du[b, t, e0:e0 + w], ddelta[b, t, e0:e0 + w]
     for e in range(w):
         sb = vecs[2, e]
-        du[b, t, e0 + e] = D[e0 + e] * vecs[1, e] + sb * dts[j, e]
-        grad = vecs[3, e] + sb * u[b, t, e0 + e]
+        dur[e] = D[e] * vecs[1, e] + sb * dts[j, e]
+        grad = vecs[3, e] + sb * ur[e]
         if softplus:
-            grad = grad * _sigmoid(dt[b, t, e0 + e] + bias[e0 + e])
-        ddelta[b, t, e0 + e] = grad
+            grad = grad * _sigmoid(dtr[e] + bias[e])
+        ddr[e] = grad
 
 
 @njit(inline='always', **_JIT)
@@ -316,6 +327,7 @@ def _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dla
     dstate = A_t.shape[0]
     e0 = blk * BLOCK
     Ab = _block_A(A_t, e0, w)
+    Db, biasb = D[e0:e0 + w], bias[e0:e0 + w]
     hs = np.zeros((CHUNK + 1, dstate, BLOCK), np.float32)
     decays = np.empty((CHUNK, dstate, BLOCK), np.float32)
     dts, dtus = np.empty((CHUNK, BLOCK), np.float32), np.empty((CHUNK, BLOCK), np.float32)
@@ -329,17 +341,18 @@ def _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dla
         i0 = k * CHUNK
         steps = min(CHUNK, length - i0)
         for n in range(dstate):
+            row = ckpt[b, k, n, e0:e0 + w]
             for e in range(w):
-                hs[0, n, e] = ckpt[b, k, n, e0 + e]
+                hs[0, n, e] = row[e]
         for j in range(steps):
             t = _token(i0 + j, length, reverse)
-            _delta_row(dt, u, b, t, bias, e0, w, softplus, dts, dtus, j)
+            _delta_row(dt, u, b, t, biasb, e0, w, softplus, dts, dtus, j)
             _step_keep(hs, Ab, dts, dtus, Bm, Cm, b, t, decays, ys, j, w)
         for j in range(steps - 1, -1, -1):
             t = _token(i0 + j, length, reverse)
-            _gate_grads(dout, u, z, ys, D, b, t, j, e0, w, has_z, vecs, dz)
+            _gate_grads(dout, u, z, ys, Db, b, t, j, e0, w, has_z, vecs, dz)
             _adjoint_step(lam, hs, decays, Ab, dts, dtus, Bm, Cm, b, t, j, vecs, dA, dB_part, dC_part, blk, w)
-            _input_grads(vecs, dts, u, dt, D, bias, b, t, j, e0, w, softplus, du, ddelta)
+            _input_grads(vecs, dts, u, dt, Db, biasb, b, t, j, e0, w, softplus, du, ddelta)
     for n in range(dstate):
         for e in range(w):
             dA_part[b, n, e0 + e] = dA[n, e]
