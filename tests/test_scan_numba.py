@@ -1,6 +1,7 @@
 """The compiled CPU scan (numba) against the sequential reference: outputs, last state and every gradient."""
 import importlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,6 +98,31 @@ def test_numba_any_layout():
                  B=inputs['B'].transpose(1, 2).contiguous().transpose(1, 2))
     assert not views['z'].is_contiguous()
     check(views)
+
+
+def test_polynomial_exponentials():
+    """The kernels' vectorisable exp (Cody-Waite reduction) and exp2 (the state decays) against float64 on a dense
+    grid of fp32 inputs, including the clamped ends: relative error near fp32 rounding."""
+    from numba import njit
+
+    from vim_wsss.ops import scan_numba
+
+    @njit
+    def apply(fn, xs):
+        out = np.empty_like(xs)
+        for i in range(xs.size):
+            out[i] = fn(xs[i])
+        return out
+
+    for lo, hi, bound in [(-87, 88, 4e-7), (-10, 10, 1.5e-7)]:
+        xs = np.linspace(lo, hi, 400_001).astype(np.float32)
+        rel = np.abs(apply(scan_numba._exp, xs) / np.exp(xs.astype(np.float64)) - 1)
+        assert rel.max() < bound, (lo, hi, rel.max())
+    ts = np.concatenate([np.linspace(-125.0, 125.0, 400_001), np.linspace(-1, 1, 100_001)]).astype(np.float32)
+    rel = np.abs(apply(scan_numba._exp2, ts) / np.exp2(ts.astype(np.float64)) - 1)
+    assert rel.max() < 1.2e-7, rel.max()
+    ends = apply(scan_numba._exp2, np.array([-1e9, -300.0, 300.0, 1e9], np.float32))
+    np.testing.assert_allclose(ends, 2.0 ** np.array([-125, -125, 125, 125]), rtol=2e-7)
 
 
 @pytest.mark.parametrize('dtype,rtol', [(torch.float64, 1e-5), (torch.bfloat16, 2e-2)])
