@@ -26,8 +26,9 @@ Measured (``benchmarks/bench_relevance.py``, ViM-S at 224, one layer of one imag
 
 Compile time: about 10-15 s on first use on a busy 2-core machine, then cached on disk (``cache=True``; see
 :mod:`vim_wsss.ops.scan_numba` for the cache location; numba's cache tracks this file only, so after editing the
-``_exp`` it inlines from that module, clear ``__pycache__``). Threads: one job per (image, channel group), run on
-``min(torch.get_num_threads(), NUMBA_NUM_THREADS)`` threads of numba's workqueue layer, as the scan.
+``_exp`` it inlines from that module, clear ``__pycache__``). Threads: one job per (image, channel group), at least
+one per thread, run on torch's OpenMP team (else numba's pool) with ``torch.get_num_threads()`` threads, as the scan
+(:mod:`vim_wsss.ops.team`).
 """
 from __future__ import annotations
 
@@ -35,9 +36,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-# scan_numba's launch lock is shared: numba's workqueue layer allows one parallel launch at a time in the process
-# (importing scan_numba also selects that layer)
-from vim_wsss.ops.scan_numba import _LAUNCH_LOCK, _array, _exp, _set_threads
+from vim_wsss.ops.scan_numba import _array, _exp
+from vim_wsss.ops.team import array2, array3, array4, array5, claim, launch, table_of
 
 from .implicit_attention import PARTS, _direction_terms
 
@@ -46,6 +46,7 @@ __all__ = ['weighted_relu_channel_mean', 'gradient_weighted_attention_numba', 'r
 #: States whose magnitude falls below this are set to 0 (fp32 denormals start at 1.2e-38).
 TINY = np.float32(1e-30)
 _JIT = dict(cache=True, fastmath=True, nogil=True)
+_TEAM = dict(fastmath=True)  # the team function's options (see vim_wsss.ops.team.launch)
 #: Column ranges of the state updates are rounded to this grid (no scalar remainder loops).
 LANES = 16
 
@@ -126,33 +127,66 @@ def _direction(delta, rs, cs, A, Bt, Ct, w, x, b, c, backward, s, a, coef, new, 
             _write_row(out[i, :i + 1], row[:i + 1], x[b, c, :i + 1])
 
 
+@njit(inline='always', **_JIT)
+def _gradcam_one(delta_f, rs_f, cs_f, A_f, B_f, C_f, w_f, delta_b, rs_b, cs_b, A_b, B_b, C_b, w_b, x, g, parts, job):
+    """Job (b, group) of :func:`_gradcam`: channels group, group + G, ... of image b into parts[b, group]."""
+    _, ngroup, nk, length, _ = parts.shape
+    b = job // ngroup
+    grp = job % ngroup
+    nstate = A_f.shape[1]
+    padded = -(-length // LANES) * LANES
+    s = np.empty((nstate, padded), np.float32)
+    vecs = np.empty((3, nstate), np.float32)
+    a, coef, new = vecs[0], vecs[1], vecs[2]
+    row = np.empty(padded, np.float32)
+    mat = np.empty((length, length), np.float32)
+    acc = parts[b, grp]
+    acc[:, :, :] = 0.0
+    for c in range(grp, delta_f.shape[1], ngroup):
+        _direction(delta_f, rs_f, cs_f, A_f, B_f, C_f, w_f, x, b, c, False, s, a, coef, new, row, mat)
+        _direction(delta_b, rs_b, cs_b, A_b, B_b, C_b, w_b, x, b, c, True, s, a, coef, new, row, mat)
+        for k in range(nk):
+            for i in range(length):
+                gk = g[b, k, c, i]
+                dest, src = acc[k, i], mat[i]
+                for j in range(length):
+                    dest[j] += max(gk * src[j], np.float32(0.0))
+
+
 @njit(parallel=True, **_JIT)
 def _gradcam(delta_f, rs_f, cs_f, A_f, B_f, C_f, w_f, delta_b, rs_b, cs_b, A_b, B_b, C_b, w_b, x, g, parts):
     """parts (B, G, K, L, L) receives each job's sum over its channels; job (b, group) takes channels
     group, group + G, ..."""
-    nb, ngroup, nk, length, _ = parts.shape
-    chans = delta_f.shape[1]
-    nstate = A_f.shape[1]
-    padded = -(-length // LANES) * LANES
-    for job in prange(nb * ngroup):
-        b = job // ngroup
-        grp = job % ngroup
-        s = np.empty((nstate, padded), np.float32)
-        vecs = np.empty((3, nstate), np.float32)
-        a, coef, new = vecs[0], vecs[1], vecs[2]
-        row = np.empty(padded, np.float32)
-        mat = np.empty((length, length), np.float32)
-        acc = parts[b, grp]
-        acc[:, :, :] = 0.0
-        for c in range(grp, chans, ngroup):
-            _direction(delta_f, rs_f, cs_f, A_f, B_f, C_f, w_f, x, b, c, False, s, a, coef, new, row, mat)
-            _direction(delta_b, rs_b, cs_b, A_b, B_b, C_b, w_b, x, b, c, True, s, a, coef, new, row, mat)
-            for k in range(nk):
-                for i in range(length):
-                    gk = g[b, k, c, i]
-                    dest, src = acc[k, i], mat[i]
-                    for j in range(length):
-                        dest[j] += max(gk * src[j], np.float32(0.0))
+    for job in prange(parts.shape[0] * parts.shape[1]):
+        _gradcam_one(delta_f, rs_f, cs_f, A_f, B_f, C_f, w_f, delta_b, rs_b, cs_b, A_b, B_b, C_b, w_b, x, g, parts,
+                     job)
+
+
+def _gradcam_team(data):
+    """Team function of :func:`_gradcam` (see :mod:`vim_wsss.ops.team`)."""
+    tab = table_of(data)
+    delta_f, i = array3(tab, 2)
+    rs_f, i = array3(tab, i)
+    cs_f, i = array3(tab, i)
+    A_f, i = array2(tab, i)
+    B_f, i = array3(tab, i)
+    C_f, i = array3(tab, i)
+    w_f, i = array2(tab, i)
+    delta_b, i = array3(tab, i)
+    rs_b, i = array3(tab, i)
+    cs_b, i = array3(tab, i)
+    A_b, i = array2(tab, i)
+    B_b, i = array3(tab, i)
+    C_b, i = array3(tab, i)
+    w_b, i = array2(tab, i)
+    x, i = array3(tab, i)
+    g, i = array4(tab, i)
+    parts, i = array5(tab, i)
+    job = claim(tab)
+    while job < tab[1]:
+        _gradcam_one(delta_f, rs_f, cs_f, A_f, B_f, C_f, w_f, delta_b, rs_b, cs_b, A_b, B_b, C_b, w_b, x, g, parts,
+                     job)
+        job = claim(tab)
 
 
 def _direction_arrays(ins: object, scale: float) -> tuple:
@@ -177,11 +211,10 @@ def weighted_relu_channel_mean(internals: dict, row_weights: torch.Tensor, col_w
     """
     fwd, bwd = internals['f'], internals['b']
     bsz, classes, chans, length = row_weights.shape
-    with _LAUNCH_LOCK:
-        groups = max(1, min(chans, -(-_set_threads() // bsz)))  # at least one job per thread
-        parts = np.empty((bsz, groups, classes, length, length), np.float32)
-        _gradcam(*_direction_arrays(fwd, 0.5), *_direction_arrays(bwd, 0.5), _array(col_weights),
-                 _array(row_weights), parts)
+    groups = max(1, min(chans, -(-torch.get_num_threads() // bsz)))  # at least one job per thread
+    parts = np.empty((bsz, groups, classes, length, length), np.float32)
+    launch(_gradcam, _gradcam_team, _TEAM, bsz * groups, *_direction_arrays(fwd, 0.5), *_direction_arrays(bwd, 0.5),
+           _array(col_weights), _array(row_weights), parts)
     return torch.from_numpy(parts).sum(dim=1).div_(chans)
 
 

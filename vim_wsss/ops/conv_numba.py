@@ -13,10 +13,8 @@ parallel; channels innermost, so every tap is one vector multiply-add, and full 
 fixed width. The gradient of x is the same tap gather run in the other direction over the SiLU-scaled gradient.
 
 Compile time: the two kernels compile on first use (about 8 s forward and 15 s backward on a busy 2-core machine)
-and are cached on disk (``cache=True``, beside this file like the scan's). Threads and the threading layer are those
-of :mod:`vim_wsss.ops.scan_numba` (this module imports it): each call runs on ``min(torch.get_num_threads(),
-NUMBA_NUM_THREADS)`` threads of numba's 'workqueue' pool, calls take turns through the scan's launch lock. The
-kernels inline helpers of ``scan_numba`` (exp, sigmoid, the job split) and numba's cache is keyed on this file
+and are cached on disk (``cache=True``, beside this file like the scan's). Threads are those of the scan: each call
+runs on torch's OpenMP team, else on numba's pool (:mod:`vim_wsss.ops.team`). The kernels inline helpers of ``scan_numba`` (exp, sigmoid, the job split) and numba's cache is keyed on this file
 alone: after editing those helpers, delete this module's cache files (``__pycache__/conv_numba.*``).
 """
 from __future__ import annotations
@@ -27,9 +25,16 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .scan_numba import _JIT, _LAUNCH_LOCK, _array, _job_span, _set_threads, _sigmoid
+from .scan_numba import _JIT, _TEAM, _array, _job_span, _sigmoid
+from .team import array1, array2, array3, claim, launch, table_of
 
 BLOCK = 256  # channels per job
+
+
+@njit(inline='always', **_JIT)
+def _n_jobs(batch, dim):
+    """Parallel jobs: batch x blocks of BLOCK channels."""
+    return batch * ((dim + BLOCK - 1) // BLOCK)
 
 
 @njit(inline='always', **_JIT)
@@ -69,16 +74,35 @@ def _fwd_job(x, wt, bias, reverse, conv, u, b, e0, w):
             ur[e] = c * _sigmoid(c)
 
 
+@njit(inline='always', **_JIT)
+def _fwd_one(x, wt, bias, reverse, conv, u, job):
+    b, e0, w = _job_span(job, x.shape[2], BLOCK)
+    if w == BLOCK:
+        _fwd_job(x, wt, bias, reverse, conv, u, b, e0, BLOCK)
+    else:
+        _fwd_job(x, wt, bias, reverse, conv, u, b, e0, w)
+
+
 @njit(parallel=True, **_JIT)
 def _conv_fwd(x, wt, bias, reverse, conv, u):
     """conv = bias + sum of the K taps, u = SiLU(conv); x, conv, u (B, L, E), wt (K, E), bias (E,)."""
-    nb, _, dim = x.shape
-    for job in prange(nb * ((dim + BLOCK - 1) // BLOCK)):
-        b, e0, w = _job_span(job, dim, BLOCK)
-        if w == BLOCK:
-            _fwd_job(x, wt, bias, reverse, conv, u, b, e0, BLOCK)
-        else:
-            _fwd_job(x, wt, bias, reverse, conv, u, b, e0, w)
+    for job in prange(_n_jobs(x.shape[0], x.shape[2])):
+        _fwd_one(x, wt, bias, reverse, conv, u, job)
+
+
+def _conv_fwd_team(data):
+    """Team function of :func:`_conv_fwd` (see :mod:`vim_wsss.ops.team`)."""
+    tab = table_of(data)
+    x, i = array3(tab, 2)
+    wt, i = array2(tab, i)
+    bias, i = array1(tab, i)
+    reverse = tab[i] != 0
+    conv, i = array3(tab, i + 1)
+    u, i = array3(tab, i)
+    job = claim(tab)
+    while job < tab[1]:
+        _fwd_one(x, wt, bias, reverse, conv, u, job)
+        job = claim(tab)
 
 
 @njit(inline='always', **_JIT)
@@ -121,17 +145,41 @@ def _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part
         row[e] = db[e]
 
 
+@njit(inline='always', **_JIT)
+def _bwd_one(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, job):
+    b, e0, w = _job_span(job, x.shape[2], BLOCK)
+    if w == BLOCK:
+        _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, b, e0, BLOCK)
+    else:
+        _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, b, e0, w)
+
+
 @njit(parallel=True, **_JIT)
 def _conv_bwd(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part):
     """Gradients: g = gu * SiLU'(conv) (+ gconv when has_gconv; else gconv is a placeholder) (B, L, E) (scratch),
     dx (B, L, E), per-batch partial sums dw_part (B, K, E) and db_part (B, E)."""
-    nb, _, dim = x.shape
-    for job in prange(nb * ((dim + BLOCK - 1) // BLOCK)):
-        b, e0, w = _job_span(job, dim, BLOCK)
-        if w == BLOCK:
-            _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, b, e0, BLOCK)
-        else:
-            _bwd_job(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, b, e0, w)
+    for job in prange(_n_jobs(x.shape[0], x.shape[2])):
+        _bwd_one(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, job)
+
+
+def _conv_bwd_team(data):
+    """Team function of :func:`_conv_bwd`."""
+    tab = table_of(data)
+    x, i = array3(tab, 2)
+    wt, i = array2(tab, i)
+    conv, i = array3(tab, i)
+    gconv, i = array3(tab, i)
+    has_gconv = tab[i] != 0
+    gu, i = array3(tab, i + 1)
+    reverse = tab[i] != 0
+    g, i = array3(tab, i + 1)
+    dx, i = array3(tab, i)
+    dw_part, i = array3(tab, i)
+    db_part, i = array2(tab, i)
+    job = claim(tab)
+    while job < tab[1]:
+        _bwd_one(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, job)
+        job = claim(tab)
 
 
 class _ConvSiluFn(torch.autograd.Function):
@@ -144,9 +192,7 @@ class _ConvSiluFn(torch.autograd.Function):
         wt = _array(weight.t())
         ba = _array(bias) if bias is not None else np.zeros(weight.shape[0], np.float32)
         conv, u = np.empty_like(xa), np.empty_like(xa)
-        with _LAUNCH_LOCK:
-            _set_threads()
-            _conv_fwd(xa, wt, ba, bool(reverse), conv, u)
+        launch(_conv_fwd, _conv_fwd_team, _TEAM, _n_jobs(xa.shape[0], xa.shape[2]), xa, wt, ba, bool(reverse), conv, u)
         conv_t = torch.from_numpy(conv)
         ctx.save_for_backward(x, weight, bias, conv_t)
         ctx.reverse = bool(reverse)
@@ -163,10 +209,9 @@ class _ConvSiluFn(torch.autograd.Function):
         g, dx = np.empty_like(xa), np.empty_like(xa)
         dw_part = np.empty((batch, K, dim), np.float32)
         db_part = np.empty((batch, dim), np.float32)
-        with _LAUNCH_LOCK:
-            _set_threads()
-            _conv_bwd(xa, _array(weight.t()), conv.numpy(), _array(conv if gconv is None else gconv),
-                      gconv is not None, _array(gu), ctx.reverse, g, dx, dw_part, db_part)
+        launch(_conv_bwd, _conv_bwd_team, _TEAM, _n_jobs(batch, dim), xa, _array(weight.t()), conv.numpy(),
+               _array(conv if gconv is None else gconv), gconv is not None, _array(gu), ctx.reverse, g, dx, dw_part,
+               db_part)
         dweight = torch.from_numpy(dw_part).sum(dim=0).t().to(weight.dtype)
         dbias = None if bias is None else torch.from_numpy(db_part).sum(dim=0).to(bias.dtype)
         return torch.from_numpy(dx).to(x.dtype), dweight, dbias, None

@@ -18,33 +18,33 @@ recomputes each chunk from it and runs the adjoint recurrence in reverse, so tra
 ``(B, E, L)`` tensor per scan.
 
 Compile time: the two kernels compile on first use, 45-70 s together on a busy 2-core machine (the forward on the
-first call, the backward on the first backward; each is compiled for full and partial channel blocks), and are
+first call, the backward on the first backward; each is compiled for full and partial channel blocks, as a team
+function or, without the team, as a prange loop), and are
 cached on disk (``cache=True``, in ``__pycache__`` beside this file, or numba's user cache dir when that is
 read-only; ``NUMBA_CACHE_DIR`` moves it, e.g. to a CI cache); later processes load them in about half a second.
 Editing this file invalidates the cache. There is one compiled signature per kernel: every argument is converted
 to C-contiguous fp32 and absent optional inputs are passed as placeholders.
 
-Threads: each call runs on ``min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)`` numba threads, so
-``torch.set_num_threads`` (or ``OMP_NUM_THREADS``) governs both libraries and they do not oversubscribe the cores;
-``NUMBA_NUM_THREADS`` caps numba's pool at start-up. Unless ``NUMBA_THREADING_LAYER`` is set, this module selects
-numba's 'workqueue' layer: numba's 'omp' layer runs a second OpenMP runtime beside torch's, and its threads keep
-spinning after each kernel, which made every torch op that follows several times slower (ViM-S forward 9.3 s instead
-of 1.0 s on 2 cores). Workqueue threads sleep between kernels; it does not allow concurrent launches, so calls are
-serialised with a lock (several Python threads may call the scan; they take turns).
+Threads: each call runs on ``torch.get_num_threads()`` threads of torch's own OpenMP team (the per-job body is
+compiled a second time as a team function, :mod:`vim_wsss.ops.team`), so ``torch.set_num_threads`` (or
+``OMP_NUM_THREADS``) governs both and nothing oversubscribes the cores; where that runtime is not found (or with
+``VIM_WSSS_OMP_TEAM=0``), on ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)`` threads of numba's 'workqueue' pool
+(selected unless ``NUMBA_THREADING_LAYER`` is set: numba's 'omp' layer runs a second OpenMP runtime beside torch's,
+whose threads kept spinning after each kernel, ViM-S forward 9.3 s instead of 1.0 s on 2 cores). Workqueue threads
+sleep between kernels and the layer does not allow concurrent launches, so those calls take turns through a lock.
 """
 from __future__ import annotations
 
 import math
-import os
-import threading
 from typing import Optional, Tuple
 
-import numba
 import numpy as np
 import torch
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
+
+from .team import array1, array2, array3, array4, claim, launch, table_of
 
 BLOCK = 64  # channels per job (4 AVX-512 / 8 AVX2 vectors)
 CHUNK = 16  # steps between saved states; the backward recomputes one chunk at a time
@@ -53,9 +53,7 @@ CHUNK = 16  # steps between saved states; the backward recomputes one chunk at a
 # the loops with a division, sigmoid and softplus, from vectorising; no divisor here can be zero)
 _FASTMATH = {'nnan', 'ninf', 'nsz', 'contract', 'afn', 'reassoc'}
 _JIT = dict(cache=True, fastmath=_FASTMATH, nogil=True, error_model='numpy')
-_LAUNCH_LOCK = threading.Lock()  # the workqueue layer allows one parallel launch at a time
-if 'NUMBA_THREADING_LAYER' not in os.environ:
-    numba.config.THREADING_LAYER = 'workqueue'
+_TEAM = dict(fastmath=_FASTMATH, error_model='numpy')  # the team functions' options (see team.launch)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -171,6 +169,12 @@ def _job_span(job, dim, block):
 
 
 @njit(inline='always', **_JIT)
+def _n_jobs(batch, dim):
+    """Parallel jobs of a scan: batch x blocks of BLOCK channels."""
+    return batch * ((dim + BLOCK - 1) // BLOCK)
+
+
+@njit(inline='always', **_JIT)
 def _block_A(A_t, e0, w, scale):
     """(N, BLOCK) zero-padded copy of A_t's channels e0..e0+w times scale."""
     Ab = np.zeros((A_t.shape[0], BLOCK), np.float32)
@@ -281,17 +285,43 @@ def _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt
             last[b, e0 + e, n] = h[n, e]
 
 
+@njit(inline='always', **_JIT)
+def _fwd_one(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, job):
+    """Job ``job`` of the forward scan: batch x channel block, full blocks with the fixed-width code."""
+    b, e0, w = _job_span(job, out.shape[2], BLOCK)
+    if w == BLOCK:
+        _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, b, e0, BLOCK)
+    else:
+        _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, b, e0, w)
+
+
 @njit(parallel=True, **_JIT)
 def _scan_fwd(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last):
     """Forward scan. Writes out (B, L, E), ckpt (B, n_chunks, N, E) (the state before every CHUNK-th step, in scan
     order; a (B, 0, N, E) ckpt keeps none, for a forward without backward) and last (B, E, N)."""
-    nb, _, dim = out.shape
-    for job in prange(nb * ((dim + BLOCK - 1) // BLOCK)):
-        b, e0, w = _job_span(job, dim, BLOCK)
-        if w == BLOCK:
-            _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, b, e0, BLOCK)
-        else:
-            _fwd_job(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, b, e0, w)
+    for job in prange(_n_jobs(out.shape[0], out.shape[2])):
+        _fwd_one(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, job)
+
+
+def _scan_fwd_team(data):
+    """Team function of :func:`_scan_fwd` (see :mod:`vim_wsss.ops.team`): the same arguments, packed."""
+    tab = table_of(data)
+    u, i = array3(tab, 2)
+    dt, i = array3(tab, i)
+    z, i = array3(tab, i)
+    Bm, i = array3(tab, i)
+    Cm, i = array3(tab, i)
+    A_t, i = array2(tab, i)
+    D, i = array1(tab, i)
+    bias, i = array1(tab, i)
+    softplus, has_z, reverse = tab[i] != 0, tab[i + 1] != 0, tab[i + 2] != 0
+    out, i = array3(tab, i + 3)
+    ckpt, i = array4(tab, i)
+    last, i = array3(tab, i)
+    job = claim(tab)
+    while job < tab[1]:
+        _fwd_one(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, job)
+        job = claim(tab)
 
 
 @njit(inline='always', **_JIT)
@@ -400,21 +430,57 @@ def _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dla
         dD_part[b, e0 + e] = vecs[0, e]
 
 
+@njit(inline='always', **_JIT)
+def _bwd_one(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+             du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, job):
+    """Job ``job`` of the backward scan."""
+    b, e0, w = _job_span(job, du.shape[2], BLOCK)
+    blk = e0 // BLOCK
+    if w == BLOCK:
+        _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+                 du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, b, blk, BLOCK)
+    else:
+        _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+                 du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, b, blk, w)
+
+
 @njit(parallel=True, **_JIT)
 def _scan_bwd(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
               du, ddelta, dz, dA_part, dD_part, dB_part, dC_part):
     """Backward scan. Writes du, ddelta (w.r.t. the raw delta) (B, L, E), dz (B, L, E) when has_z (else a placeholder)
     and per-job partial sums dA_part (B, N, E), dD_part (B, E), dB_part, dC_part (B, n_blocks, L, N)."""
-    nb, _, dim = du.shape
-    for job in prange(nb * ((dim + BLOCK - 1) // BLOCK)):
-        b, e0, w = _job_span(job, dim, BLOCK)
-        blk = e0 // BLOCK
-        if w == BLOCK:
-            _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
-                     du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, b, blk, BLOCK)
-        else:
-            _bwd_job(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
-                     du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, b, blk, w)
+    for job in prange(_n_jobs(du.shape[0], du.shape[2])):
+        _bwd_one(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+                 du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, job)
+
+
+def _scan_bwd_team(data):
+    """Team function of :func:`_scan_bwd`."""
+    tab = table_of(data)
+    u, i = array3(tab, 2)
+    dt, i = array3(tab, i)
+    z, i = array3(tab, i)
+    Bm, i = array3(tab, i)
+    Cm, i = array3(tab, i)
+    dout, i = array3(tab, i)
+    A_t, i = array2(tab, i)
+    D, i = array1(tab, i)
+    bias, i = array1(tab, i)
+    softplus, has_z, reverse = tab[i] != 0, tab[i + 1] != 0, tab[i + 2] != 0
+    dlast, i = array3(tab, i + 3)
+    ckpt, i = array4(tab, i)
+    du, i = array3(tab, i)
+    ddelta, i = array3(tab, i)
+    dz, i = array3(tab, i)
+    dA_part, i = array3(tab, i)
+    dD_part, i = array2(tab, i)
+    dB_part, i = array4(tab, i)
+    dC_part, i = array4(tab, i)
+    job = claim(tab)
+    while job < tab[1]:
+        _bwd_one(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
+                 du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, job)
+        job = claim(tab)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -441,14 +507,6 @@ def _vector(x: Optional[torch.Tensor], dim: int) -> np.ndarray:
     return _array(x)
 
 
-def _set_threads() -> int:
-    """Give numba's pool ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)`` threads (call under the launch lock);
-    returns that count."""
-    threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    numba.set_num_threads(threads)
-    return threads
-
-
 class _NumbaScanFn(torch.autograd.Function):
     """Selective scan through the numba kernels, analytic backward."""
 
@@ -464,9 +522,8 @@ class _NumbaScanFn(torch.autograd.Function):
         keep = any(ctx.needs_input_grad)  # the backward's checkpoints, not needed without gradients
         ckpt = torch.empty(batch, math.ceil(length / CHUNK) if keep else 0, dstate, dim)
         last = np.empty((batch, dim, dstate), np.float32)
-        with _LAUNCH_LOCK:
-            _set_threads()
-            _scan_fwd(*arrays, *params, *ctx.flags, out, ckpt.numpy(), last)
+        launch(_scan_fwd, _scan_fwd_team, _TEAM, _n_jobs(batch, dim), *arrays, *params, *ctx.flags, out, ckpt.numpy(),
+               last)
         ctx.ckpt = ckpt
         result = torch.from_numpy(out).transpose(1, 2).to(u.dtype)
         if return_last_state:
@@ -487,10 +544,8 @@ class _NumbaScanFn(torch.autograd.Function):
         dA_part = np.empty((batch, dstate, dim), np.float32)
         dD_part = np.empty((batch, dim), np.float32)
         dBC_part = [np.zeros((batch, nblk, length, dstate), np.float32) for _ in range(2)]
-        with _LAUNCH_LOCK:
-            _set_threads()
-            _scan_bwd(*arrays, *params, *ctx.flags, _array(dlast),
-                      ctx.ckpt.numpy(), *grads, dA_part, dD_part, *dBC_part)
+        launch(_scan_bwd, _scan_bwd_team, _TEAM, _n_jobs(batch, dim), *arrays, *params, *ctx.flags, _array(dlast),
+               ctx.ckpt.numpy(), *grads, dA_part, dD_part, *dBC_part)
         du, ddelta, dz = (torch.from_numpy(g).transpose(1, 2) for g in grads)
         dB, dC = (torch.from_numpy(p).sum(dim=1).transpose(1, 2) for p in dBC_part)
         values = (du, ddelta, torch.from_numpy(dA_part).sum(dim=0).t(), dB, dC, torch.from_numpy(dD_part).sum(dim=0),
