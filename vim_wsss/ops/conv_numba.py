@@ -4,8 +4,8 @@
 Same semantics as :func:`vim_wsss.ops.conv1d.causal_conv1d_silu_ref` (the taps are accumulated in the same order,
 bias added last; SiLU uses the scan kernels' vectorisable polynomial exp, ~1e-7 relative error): fp32 throughout,
 results and gradients in the input dtypes. One pass over x forward (conv and SiLU written together), one pass
-backward (the SiLU derivative from the saved conv output, then the gradients of x, the taps and the bias), instead of
-K shifted multiply-adds on a padded copy plus a SiLU, each reading and writing the whole ``(B, L, E)`` tensor.
+backward (the SiLU derivative from the saved conv output, then the gradients of x, the taps and the bias), instead
+of K shifted multiply-adds on a padded copy plus a SiLU, each reading and writing the whole ``(B, L, E)`` tensor.
 
 Layout: ``(B, L, E)`` C-contiguous fp32 arrays (time-major, channels last; a strided view is copied once, the ViM
 mixer passes contiguous halves of ``in_proj``'s output). One job per (batch, block of ``BLOCK`` channels), run in
@@ -14,8 +14,9 @@ fixed width. The gradient of x is the same tap gather run in the other direction
 
 Compile time: the two kernels compile on first use (about 8 s forward and 15 s backward on a busy 2-core machine)
 and are cached on disk (``cache=True``, beside this file like the scan's). Threads are those of the scan: each call
-runs on torch's OpenMP team, else on numba's pool (:mod:`vim_wsss.ops.team`). The kernels inline helpers of ``scan_numba`` (exp, sigmoid, the job split) and numba's cache is keyed on this file
-alone: after editing those helpers, delete this module's cache files (``__pycache__/conv_numba.*``).
+runs on torch's OpenMP team, else on numba's pool (:mod:`vim_wsss.ops.team`). The kernels inline helpers of
+``scan_numba`` (exp, sigmoid, the job split) and numba's cache is keyed on this file alone: after editing those
+helpers, delete this module's cache files (``__pycache__/conv_numba.*``).
 """
 from __future__ import annotations
 

@@ -5,28 +5,28 @@ softplus, ``return_last_state``) plus ``reverse``: scan from the last token to t
 scan of the backward direction, without flipping any tensor. Everything is computed in fp32 (fp64 / bf16 / fp16
 inputs are converted, as the reference does); the output has u's dtype.
 
-Kernel layout: one job per (batch, block of ``BLOCK`` channels), jobs run in parallel (``numba.prange``); each job
+Kernel layout: one job per (batch, block of ``BLOCK`` channels), jobs run in parallel (see Threads); each job
 walks the sequence with its ``(N, BLOCK)`` state in a thread-local buffer, channels innermost so every update is a
 vector operation. The inputs are read in place from time-major, channels-last ``(B, L, E)`` arrays (free when the
 caller's tensors are channels-last views, as the ViM mixer's u and dt are; a strided view such as the gate z is
-copied once per call), softplus(delta + bias) and delta * u are computed per token, and full channel blocks run
-code compiled for the fixed width ``BLOCK`` (the last, partial block the same code with a runtime width). ``exp`` is
-a vectorisable polynomial because LLVM cannot vectorise libm's: the state decays exp(delta A) = 2^(delta A log2 e)
+copied once per call), softplus(delta + bias) and delta * u are computed per token, and full channel blocks run code
+compiled for the fixed width ``BLOCK`` (the last, partial block the same code with a runtime width). ``exp`` is a
+vectorisable polynomial because LLVM cannot vectorise libm's: the state decays exp(delta A) = 2^(delta A log2 e)
 through :func:`_exp2` with A scaled once per job (the exponent is the cost of a state update; relative error 8e-8),
-softplus and sigmoid through :func:`_exp` (Cody-Waite range reduction, degree-7 Taylor, 1e-7). The forward keeps the state every ``CHUNK`` steps (only when a gradient is needed); the backward
-recomputes each chunk from it and runs the adjoint recurrence in reverse, so training memory is about one
-``(B, E, L)`` tensor per scan.
+softplus and sigmoid through :func:`_exp` (Cody-Waite range reduction, degree-7 Taylor, 1e-7). The forward keeps the
+state every ``CHUNK`` steps (only when a gradient is needed); the backward recomputes each chunk from it and runs
+the adjoint recurrence in reverse, so training memory is about one ``(B, E, L)`` tensor per scan.
 
 Compile time: the two kernels compile on first use, 45-70 s together on a busy 2-core machine (the forward on the
 first call, the backward on the first backward; each is compiled for full and partial channel blocks, as a team
-function or, without the team, as a prange loop), and are
-cached on disk (``cache=True``, in ``__pycache__`` beside this file, or numba's user cache dir when that is
-read-only; ``NUMBA_CACHE_DIR`` moves it, e.g. to a CI cache); later processes load them in about half a second.
-Editing this file invalidates the cache. There is one compiled signature per kernel: every argument is converted
-to C-contiguous fp32 and absent optional inputs are passed as placeholders.
+function or, without the team, as a prange loop), and are cached on disk (``cache=True``, in ``__pycache__`` beside
+this file, or numba's user cache dir when that is read-only; ``NUMBA_CACHE_DIR`` moves it, e.g. to a CI cache);
+later processes load them in about half a second. Editing this file invalidates the cache. There is one compiled
+signature per kernel: every argument is converted to C-contiguous fp32 and absent optional inputs are passed as
+placeholders.
 
 Threads: each call runs on ``torch.get_num_threads()`` threads of torch's own OpenMP team (the per-job body is
-compiled a second time as a team function, :mod:`vim_wsss.ops.team`), so ``torch.set_num_threads`` (or
+compiled as a team function, :mod:`vim_wsss.ops.team`), so ``torch.set_num_threads`` (or
 ``OMP_NUM_THREADS``) governs both and nothing oversubscribes the cores; where that runtime is not found (or with
 ``VIM_WSSS_OMP_TEAM=0``), on ``min(torch.get_num_threads(), NUMBA_NUM_THREADS)`` threads of numba's 'workqueue' pool
 (selected unless ``NUMBA_THREADING_LAYER`` is set: numba's 'omp' layer runs a second OpenMP runtime beside torch's,
