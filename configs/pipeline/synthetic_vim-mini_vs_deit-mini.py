@@ -50,4 +50,4 @@ backbones = dict(
 
 baselines = ['background', 'whole_image', 'centre_blob']
 # rough seconds per stage on 2 CPU cores (mean of the two backbones): where the ETA starts; measured stages correct it
-expected_seconds = dict(data=3, baselines=1, cls=65, maps=34, sweep=3, pseudo=25, seg=45, seg_gt=45)
+expected_seconds = dict(data=3, baselines=1, cls=80, maps=13, sweep=3, pseudo=27, seg=40, seg_gt=41)

@@ -1,5 +1,6 @@
-# Short from-scratch schedule for the tiny synthetic configs (CPU: under a minute for DeiT-mini, ~3 for ViM-mini).
-max_iters = 500
+# Short from-scratch schedule for the tiny synthetic configs, the same for both backbones (CPU: about 40 s for
+# DeiT-mini, 70 s for ViM-mini with the compiled kernels; 800 iterations instead of 500 since those kernels).
+max_iters = 800
 warmup_iters = 25
 optim_wrapper = dict(
     type='OptimWrapper',
@@ -17,13 +18,13 @@ param_scheduler = [
     dict(type='LinearLR', start_factor=1e-3, by_epoch=False, begin=0, end=warmup_iters),
     dict(type='PolyLR', power=0.9, eta_min=0.0, by_epoch=False, begin=warmup_iters, end=max_iters),
 ]
-train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=250)
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=400)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=250, max_keep_ckpts=1, save_best='cls/mAP',
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=400, max_keep_ckpts=1, save_best='cls/mAP',
                     rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'))
