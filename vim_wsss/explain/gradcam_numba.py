@@ -46,7 +46,6 @@ __all__ = ['weighted_relu_channel_mean', 'gradient_weighted_attention_numba', 'r
 #: States whose magnitude falls below this are set to 0 (fp32 denormals start at 1.2e-38).
 TINY = np.float32(1e-30)
 _JIT = dict(cache=True, fastmath=True, nogil=True)
-_TEAM = dict(fastmath=True)  # the team function's options (see vim_wsss.ops.team.launch)
 #: Column ranges of the state updates are rounded to this grid (no scalar remainder loops).
 LANES = 16
 
@@ -213,7 +212,7 @@ def weighted_relu_channel_mean(internals: dict, row_weights: torch.Tensor, col_w
     bsz, classes, chans, length = row_weights.shape
     groups = max(1, min(chans, -(-torch.get_num_threads() // bsz)))  # at least one job per thread
     parts = np.empty((bsz, groups, classes, length, length), np.float32)
-    launch(_gradcam, _gradcam_team, _TEAM, bsz * groups, *_direction_arrays(fwd, 0.5), *_direction_arrays(bwd, 0.5),
+    launch(_gradcam, _gradcam_team, bsz * groups, *_direction_arrays(fwd, 0.5), *_direction_arrays(bwd, 0.5),
            _array(col_weights), _array(row_weights), parts)
     return torch.from_numpy(parts).sum(dim=1).div_(chans)
 

@@ -26,16 +26,10 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from .scan_numba import _JIT, _TEAM, _array, _job_span, _sigmoid
+from .scan_numba import _JIT, _array, _job_span, _n_jobs, _sigmoid
 from .team import array1, array2, array3, claim, launch, table_of
 
 BLOCK = 256  # channels per job
-
-
-@njit(inline='always', **_JIT)
-def _n_jobs(batch, dim):
-    """Parallel jobs: batch x blocks of BLOCK channels."""
-    return batch * ((dim + BLOCK - 1) // BLOCK)
 
 
 @njit(inline='always', **_JIT)
@@ -87,7 +81,7 @@ def _fwd_one(x, wt, bias, reverse, conv, u, job):
 @njit(parallel=True, **_JIT)
 def _conv_fwd(x, wt, bias, reverse, conv, u):
     """conv = bias + sum of the K taps, u = SiLU(conv); x, conv, u (B, L, E), wt (K, E), bias (E,)."""
-    for job in prange(_n_jobs(x.shape[0], x.shape[2])):
+    for job in prange(_n_jobs(x.shape[0], x.shape[2], BLOCK)):
         _fwd_one(x, wt, bias, reverse, conv, u, job)
 
 
@@ -159,7 +153,7 @@ def _bwd_one(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part
 def _conv_bwd(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part):
     """Gradients: g = gu * SiLU'(conv) (+ gconv when has_gconv; else gconv is a placeholder) (B, L, E) (scratch),
     dx (B, L, E), per-batch partial sums dw_part (B, K, E) and db_part (B, E)."""
-    for job in prange(_n_jobs(x.shape[0], x.shape[2])):
+    for job in prange(_n_jobs(x.shape[0], x.shape[2], BLOCK)):
         _bwd_one(x, wt, conv, gconv, has_gconv, gu, reverse, g, dx, dw_part, db_part, job)
 
 
@@ -193,7 +187,7 @@ class _ConvSiluFn(torch.autograd.Function):
         wt = _array(weight.t())
         ba = _array(bias) if bias is not None else np.zeros(weight.shape[0], np.float32)
         conv, u = np.empty_like(xa), np.empty_like(xa)
-        launch(_conv_fwd, _conv_fwd_team, _TEAM, _n_jobs(xa.shape[0], xa.shape[2]), xa, wt, ba, bool(reverse), conv, u)
+        launch(_conv_fwd, _conv_fwd_team, _n_jobs(xa.shape[0], xa.shape[2], BLOCK), xa, wt, ba, bool(reverse), conv, u)
         conv_t = torch.from_numpy(conv)
         ctx.save_for_backward(x, weight, bias, conv_t)
         ctx.reverse = bool(reverse)
@@ -210,7 +204,7 @@ class _ConvSiluFn(torch.autograd.Function):
         g, dx = np.empty_like(xa), np.empty_like(xa)
         dw_part = np.empty((batch, K, dim), np.float32)
         db_part = np.empty((batch, dim), np.float32)
-        launch(_conv_bwd, _conv_bwd_team, _TEAM, _n_jobs(batch, dim), xa, _array(weight.t()), conv.numpy(),
+        launch(_conv_bwd, _conv_bwd_team, _n_jobs(batch, dim, BLOCK), xa, _array(weight.t()), conv.numpy(),
                _array(conv if gconv is None else gconv), gconv is not None, _array(gu), ctx.reverse, g, dx, dw_part,
                db_part)
         dweight = torch.from_numpy(dw_part).sum(dim=0).t().to(weight.dtype)

@@ -53,7 +53,6 @@ CHUNK = 16  # steps between saved states; the backward recomputes one chunk at a
 # the loops with a division, sigmoid and softplus, from vectorising; no divisor here can be zero)
 _FASTMATH = {'nnan', 'ninf', 'nsz', 'contract', 'afn', 'reassoc'}
 _JIT = dict(cache=True, fastmath=_FASTMATH, nogil=True, error_model='numpy')
-_TEAM = dict(fastmath=_FASTMATH, error_model='numpy')  # the team functions' options (see team.launch)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -111,7 +110,7 @@ def _exp(x):
     """exp(x) for fp32 x: 2^k * p(r), r = x - k ln2 in [-ln2/2, ln2/2]; inputs are clamped to [-87, 88]. Relative
     error 1e-7 for |x| <= 10, 3e-7 at the ends."""
     x = min(max(x, np.float32(-87.0)), np.float32(88.0))
-    k = np.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+    k = np.floor(x * np.float32(LOG2E) + np.float32(0.5))
     r = (x - k * np.float32(0.693145751953125)) - k * np.float32(1.428606765330187e-06)
     p = np.float32(1.0 / 5040.0)
     p = p * r + np.float32(1.0 / 720.0)
@@ -169,9 +168,9 @@ def _job_span(job, dim, block):
 
 
 @njit(inline='always', **_JIT)
-def _n_jobs(batch, dim):
-    """Parallel jobs of a scan: batch x blocks of BLOCK channels."""
-    return batch * ((dim + BLOCK - 1) // BLOCK)
+def _n_jobs(batch, dim, block):
+    """Parallel jobs over batch x blocks of ``block`` channels (see :func:`_job_span`)."""
+    return batch * ((dim + block - 1) // block)
 
 
 @njit(inline='always', **_JIT)
@@ -299,7 +298,7 @@ def _fwd_one(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt
 def _scan_fwd(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last):
     """Forward scan. Writes out (B, L, E), ckpt (B, n_chunks, N, E) (the state before every CHUNK-th step, in scan
     order; a (B, 0, N, E) ckpt keeps none, for a forward without backward) and last (B, E, N)."""
-    for job in prange(_n_jobs(out.shape[0], out.shape[2])):
+    for job in prange(_n_jobs(out.shape[0], out.shape[2], BLOCK)):
         _fwd_one(u, dt, z, Bm, Cm, A_t, D, bias, softplus, has_z, reverse, out, ckpt, last, job)
 
 
@@ -449,7 +448,7 @@ def _scan_bwd(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dl
               du, ddelta, dz, dA_part, dD_part, dB_part, dC_part):
     """Backward scan. Writes du, ddelta (w.r.t. the raw delta) (B, L, E), dz (B, L, E) when has_z (else a placeholder)
     and per-job partial sums dA_part (B, N, E), dD_part (B, E), dB_part, dC_part (B, n_blocks, L, N)."""
-    for job in prange(_n_jobs(du.shape[0], du.shape[2])):
+    for job in prange(_n_jobs(du.shape[0], du.shape[2], BLOCK)):
         _bwd_one(u, dt, z, Bm, Cm, dout, A_t, D, bias, softplus, has_z, reverse, dlast, ckpt,
                  du, ddelta, dz, dA_part, dD_part, dB_part, dC_part, job)
 
@@ -522,7 +521,7 @@ class _NumbaScanFn(torch.autograd.Function):
         keep = any(ctx.needs_input_grad)  # the backward's checkpoints, not needed without gradients
         ckpt = torch.empty(batch, math.ceil(length / CHUNK) if keep else 0, dstate, dim)
         last = np.empty((batch, dim, dstate), np.float32)
-        launch(_scan_fwd, _scan_fwd_team, _TEAM, _n_jobs(batch, dim), *arrays, *params, *ctx.flags, out, ckpt.numpy(),
+        launch(_scan_fwd, _scan_fwd_team, _n_jobs(batch, dim, BLOCK), *arrays, *params, *ctx.flags, out, ckpt.numpy(),
                last)
         ctx.ckpt = ckpt
         result = torch.from_numpy(out).transpose(1, 2).to(u.dtype)
@@ -544,7 +543,7 @@ class _NumbaScanFn(torch.autograd.Function):
         dA_part = np.empty((batch, dstate, dim), np.float32)
         dD_part = np.empty((batch, dim), np.float32)
         dBC_part = [np.zeros((batch, nblk, length, dstate), np.float32) for _ in range(2)]
-        launch(_scan_bwd, _scan_bwd_team, _TEAM, _n_jobs(batch, dim), *arrays, *params, *ctx.flags, _array(dlast),
+        launch(_scan_bwd, _scan_bwd_team, _n_jobs(batch, dim, BLOCK), *arrays, *params, *ctx.flags, _array(dlast),
                ctx.ckpt.numpy(), *grads, dA_part, dD_part, *dBC_part)
         du, ddelta, dz = (torch.from_numpy(g).transpose(1, 2) for g in grads)
         dB, dC = (torch.from_numpy(p).sum(dim=1).transpose(1, 2) for p in dBC_part)

@@ -94,9 +94,13 @@ def pack(njobs: int, args: tuple) -> np.ndarray:
     return np.array(table, np.int64)
 
 
-def launch(kernel: Callable, team: Callable, options: dict, njobs: int, *args) -> None:
+#: Compiler options a team function takes over from its kernel's dispatcher.
+_SHARED_OPTIONS = ('fastmath', 'error_model')
+
+
+def launch(kernel: Callable, team: Callable, njobs: int, *args) -> None:
     """Run ``njobs`` jobs of a kernel: ``team`` (the team function's Python source, compiled here on first use with
-    the compiler ``options`` of the kernel) on torch's OpenMP team with ``torch.get_num_threads()`` threads, else
+    the fastmath and error model of ``kernel``) on torch's OpenMP team with ``torch.get_num_threads()`` threads, else
     ``kernel(*args)`` (its prange launcher) on numba's pool."""
     if _GOMP_PARALLEL is None:
         with LAUNCH_LOCK:
@@ -108,6 +112,7 @@ def launch(kernel: Callable, team: Callable, options: dict, njobs: int, *args) -
         with _TEAM_LOCK:
             fn = _TEAM_FUNCTIONS.get(team)
             if fn is None:
+                options = {k: kernel.targetoptions[k] for k in _SHARED_OPTIONS if k in kernel.targetoptions}
                 fn = _TEAM_FUNCTIONS[team] = cfunc(types.void(types.voidptr), cache=True, **options)(team)
     table = pack(njobs, args)  # referenced until the call returns, as are the arrays in args
     _GOMP_PARALLEL(fn.address, table.ctypes.data, max(1, min(torch.get_num_threads(), njobs)), 0)
